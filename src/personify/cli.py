@@ -1,0 +1,108 @@
+"""`personify` command line: a thin dispatcher. Every flag comes from a config dataclass.
+
+    personify generate "a photo of a dog" [--model PATH] [--concept ART ...] [--n 4] [--out DIR]
+    personify train --method dreambooth --images DIR --class-word dog [--config FILE]
+    personify methods
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Any
+
+from .errors import PersonifyError
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .generate import GenerateConfig
+    from .config import add_arguments
+
+    p = argparse.ArgumentParser(prog="personify", description="Teach a text-to-image model your subject.")
+    p.add_argument("--version", action="version", version=f"personify {__import__('personify').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate images from a prompt")
+    g.add_argument("prompt", help="text prompt")
+    g.add_argument("--config", help="YAML/TOML file with a 'generate:' section")
+    add_arguments(g, GenerateConfig, skip=("prompt",))
+    t = sub.add_parser("train", help="train a concept (see 'personify methods')", add_help=False)
+    t.add_argument("--method", required=True)
+    t.add_argument("--config", help="YAML/TOML file with 'train:' and 'method:' sections")
+    t.add_argument("-h", "--help", action="store_true")
+    sub.add_parser("methods", help="list the registered methods")
+    return p
+
+
+def _layered(cls, file_section: dict[str, Any], args: argparse.Namespace, source: str, extra: dict[str, Any] | None = None):
+    """defaults < config file < CLI flags."""
+    from .config import build
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = dict(file_section)
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(extra or {})
+    return build(cls, values, source)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import load_file
+    from .generate import GenerateConfig, run_generate
+
+    section = load_file(args.config).get("generate", {}) if args.config else {}
+    cfg = _layered(GenerateConfig, section, args, args.config or "command line", {"prompt": args.prompt})
+    paths = run_generate(cfg)
+    print(f"wrote {len(paths)} image(s) and contact_sheet.png to {paths[0].parent}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from .config import add_arguments, load_file
+    from .methods import get_method
+    from .training.config import TrainConfig
+    from .training.loop import Trainer
+
+    cls = get_method(args.method)
+    p = argparse.ArgumentParser(prog=f"personify train --method {cls.name}")
+    add_arguments(p, TrainConfig)
+    add_arguments(p, cls.Config)
+    if args.help:
+        p.print_help()
+        return 0
+    ns = p.parse_args(rest)
+    data = load_file(args.config) if args.config else {}
+    src = args.config or "command line"
+    tcfg = _layered(TrainConfig, data.get("train", {}), ns, src)
+    mcfg = _layered(cls.Config, data.get("method", {}), ns, src)
+    artifact = Trainer(cls.name, mcfg, tcfg).run()
+    print(f"concept saved: {artifact}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        parser = _parser()
+        args, rest = parser.parse_known_args(argv)
+        if args.command == "train":
+            return cmd_train(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "methods":
+            from .methods import METHODS, available
+
+            for name in available():
+                print(f"{name:20s} {((METHODS[name].__doc__ or '').strip().splitlines() or [''])[0]}")
+            return 0
+    except PersonifyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

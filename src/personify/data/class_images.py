@@ -1,0 +1,51 @@
+"""Class images for prior preservation: generated once by the frozen base model and cached.
+
+Cache key = (base-model hash, prompt, resolution, sampler settings); the manifest records the seed of
+every image, so a later run with more `num_class_images` only generates the missing ones and a run
+on another base model gets its own folder (Ruiz et al. 2023, Sec. 3.3: x_pr = x̂(z, c_pr) from the
+frozen model).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..generate import generate_images
+
+CLASS_STEPS = 25
+CLASS_GUIDANCE = 7.5
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PERSONIFY_CACHE", Path.home() / ".cache" / "personify")) / "class_images"
+
+
+def class_images(pipe, prompt: str, n: int, resolution: int, seed: int = 0, root: Path | None = None, batch: int = 16) -> list[Path]:
+    key = hashlib.sha256(json.dumps([pipe.personify_base_hash, prompt, resolution, CLASS_STEPS, CLASS_GUIDANCE]).encode()).hexdigest()[:16]
+    folder = (root or cache_root()) / f"{pipe.personify_base_hash}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+        "prompt": prompt, "base_model_hash": pipe.personify_base_hash, "resolution": resolution,
+        "steps": CLASS_STEPS, "guidance": CLASS_GUIDANCE, "images": {},
+    }
+    have = {k: v for k, v in manifest["images"].items() if (folder / k).is_file()}
+    todo = [i for i in range(n) if f"{i:05d}.png" not in have]
+    for start in range(0, len(todo), batch):
+        idx = todo[start : start + batch]
+        seeds = [seed * 100_003 + i for i in idx]
+        with torch.no_grad():
+            images = generate_images(pipe, [prompt] * len(idx), seeds, steps=CLASS_STEPS, guidance=CLASS_GUIDANCE, height=resolution, width=resolution)
+        for i, s, img in zip(idx, seeds, images):
+            name = f"{i:05d}.png"
+            img.save(folder / name)
+            have[name] = {"seed": s}
+        manifest["images"] = have
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, manifest_path)  # progress survives an interruption
+    return [folder / f"{i:05d}.png" for i in range(n)]

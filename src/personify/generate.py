@@ -1,0 +1,132 @@
+"""Text-to-image generation with personify's samplers, and the `personify generate` command."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import check
+from .sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_scheduler, sample, unet_denoiser
+
+
+def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
+    """z_T for one image, (1, 4, h, w): a seed alone reproduces an image, whatever the batch."""
+    f = pipe.vae_scale_factor
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn((1, pipe.unet.config.in_channels, height // f, width // f), generator=g)
+
+
+def generate_images(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = 25,
+    guidance: float = 7.5,
+    sampler: str = "ddim",
+    height: int | None = None,
+    width: int | None = None,
+    latents: torch.Tensor | None = None,
+    negative_prompt: str = "",
+    batch_size: int = 16,
+) -> list[Image.Image]:
+    """Generate one image per (prompt, seed). Gradients flow unless the caller disables them."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = height or size, width or size
+    dev = pipe.unet.device
+    dtype = pipe.unet.dtype
+    sched = make_scheduler(sampler, pipe.scheduler)
+    out: list[Image.Image] = []
+    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt])  # (1, L, D)
+    for start in range(0, len(prompts), batch_size):
+        ps, ss = prompts[start : start + batch_size], seeds[start : start + batch_size]
+        if latents is not None:
+            x = latents[start : start + batch_size].to(dev, dtype)
+        else:
+            x = torch.cat([initial_noise(pipe, s, height, width) for s in ss]).to(dev, dtype)
+        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, ps)  # (B, L, D)
+        model = cfg_denoiser(unet_denoiser(pipe.unet), uncond.to(dtype), guidance)
+        z0 = sample(model, x, cond.to(dtype), sched, steps)
+        imgs = decode(pipe.vae, z0.to(pipe.vae.dtype))  # (B, 3, H, W) in [0, 1]
+        arr = (imgs.detach().float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        out.extend(Image.fromarray(a) for a in arr)
+    return out
+
+
+def contact_sheet(images: list[Image.Image], cols: int | None = None, pad: int = 2) -> Image.Image:
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        sheet.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return sheet
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = field(default="", metadata={"help": "text prompt", "cli": False})
+    model: str = field(default="mini", metadata={"help": "model: 'mini' (embedded), 'tiny' (random), a diffusers folder or a .safetensors file"})
+    model_config: str | None = field(default=None, metadata={"help": "diffusers config folder for a single-file checkpoint"})
+    allow_pickle: bool = field(default=False, metadata={"help": "allow loading .ckpt/.pt/.bin (weights_only=True)"})
+    concept: list[str] = field(default_factory=list, metadata={"help": "concept artifact(s) to apply"})
+    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed+i"})
+    steps: int = field(default=25, metadata={"help": "sampling steps"})
+    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
+    sampler: str = field(default="ddim", metadata={"help": f"one of {', '.join(SAMPLERS)}"})
+    n: int = field(default=4, metadata={"help": "number of images"})
+    out: str = field(default="out", metadata={"help": "output folder"})
+    latents: str | None = field(default=None, metadata={"help": "initial latents .safetensors (e.g. from personify seedselect)"})
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(1 <= self.n <= 10_000, f"n must be in 1..10000, got {self.n}")
+        check(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        check(self.guidance >= 1.0, f"guidance must be >= 1, got {self.guidance}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
+
+
+def run_generate(cfg: GenerateConfig) -> list[Path]:
+    """Write PNGs, one JSON sidecar per image and a contact sheet; return the image paths."""
+    from .artifact import apply_concepts
+    from .errors import PersonifyError
+    from .models import load_pipeline
+
+    pipe = load_pipeline(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
+    apply_concepts(pipe, cfg.concept)
+    latents = None
+    if cfg.latents:
+        from safetensors.torch import load_file
+
+        try:
+            latents = load_file(cfg.latents)["latents"]
+        except Exception:
+            raise PersonifyError(f"{cfg.latents}: not a latents file with a 'latents' tensor; use one written by personify seedselect") from None
+        cfg.n = min(cfg.n, len(latents))
+    seeds = [cfg.seed + i for i in range(cfg.n)]
+    with torch.no_grad():
+        images = generate_images(pipe, [cfg.prompt] * cfg.n, seeds, cfg.steps, cfg.guidance, cfg.sampler, latents=latents)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    concepts = [{"path": m["path"], "method": m["method"], "tokens": m.get("tokens")} for m in pipe.personify_concepts]
+    for i, (img, s) in enumerate(zip(images, seeds)):
+        p = out / f"{_slug(cfg.prompt)}-{s:06d}.png"
+        img.save(p)
+        side = {
+            "prompt": cfg.prompt, "seed": s, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash,
+            "concepts": concepts, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
+            "latents": f"{cfg.latents}[{i}]" if latents is not None else None,
+        }
+        p.with_suffix(".json").write_text(json.dumps(side, indent=1))
+        paths.append(p)
+    contact_sheet(images).save(out / "contact_sheet.png")
+    return paths

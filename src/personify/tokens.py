@@ -1,0 +1,86 @@
+"""Identifier tokens: the rare "[V]" of DreamBooth and the new placeholders of Textual Inversion.
+
+Rule for the automatic DreamBooth identifier (Ruiz et al. 2023, Sec. 3.2: "rare tokens" with weak
+priors): a whole-word token (`</w>`) of CLIP's BPE vocabulary whose id is >= 40,000 — BPE merges are
+learned in order of frequency, so the last ~9,000 of 49,408 are the rarest strings in CLIP's
+training text — made of exactly 3 lowercase ASCII letters with no vowel (a, e, i, o, u, y), so it is
+not an English word. Candidates are taken rarest first. `sks`, the community's habit, passes.
+
+A "common word" (warned about when the user picks one) is a whole-word token in the first 10,000
+merges: those are the most frequent strings CLIP saw, and they come with strong priors.
+"""
+from __future__ import annotations
+
+import warnings
+
+from .errors import PersonifyError
+
+RARE_MIN_ID = 40_000
+COMMON_MAX_ID = 10_000
+VOWELS = set("aeiouy")
+BLOCKED = {"fck"}  # rare but offensive
+
+
+def _whole_word_id(tokenizer, word: str) -> int | None:
+    return tokenizer.get_vocab().get(word.lower() + "</w>")
+
+
+def rare_candidates(tokenizer) -> list[str]:
+    out = []
+    for tok, i in tokenizer.get_vocab().items():
+        w = tok[:-4]
+        if tok.endswith("</w>") and i >= RARE_MIN_ID and len(w) == 3 and w.isascii() and w.isalpha() and w.islower() and not set(w) & VOWELS and w not in BLOCKED:
+            out.append((i, w))
+    return [w for _, w in sorted(out, reverse=True)]
+
+
+def rare_identifier(tokenizer, exclude: tuple[str, ...] = ()) -> str:
+    """The rarest candidate not in `exclude` (so several concepts get different identifiers)."""
+    for w in rare_candidates(tokenizer):
+        if w not in exclude:
+            return w
+    raise PersonifyError("no rare identifier left in the tokenizer vocabulary; pass --identifier")
+
+
+def check_identifier(tokenizer, identifier: str) -> None:
+    """Warn when the identifier is split into several tokens or is a common word."""
+    ids = tokenizer(identifier, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        warnings.warn(f"identifier {identifier!r} is {len(ids)} tokens, not one; a single rare token learns faster")
+    i = _whole_word_id(tokenizer, identifier)
+    if i is not None and i < COMMON_MAX_ID:
+        warnings.warn(
+            f"identifier {identifier!r} is a common word (token id {i}); its prior leaks into your subject. "
+            f"Try a rare one such as {rare_identifier(tokenizer)!r}"
+        )
+
+
+def add_placeholder_tokens(tokenizer, text_encoder, placeholder: str, num_vectors: int, initializer: str) -> list[int]:
+    """Add `placeholder` (and `placeholder_1..` for extra vectors) to the vocabulary, initialised
+    from the embedding of `initializer`. Returns the new token ids."""
+    names = [placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)]
+    vocab = tokenizer.get_vocab()
+    for n in names:
+        if n in vocab or n + "</w>" in vocab:
+            raise PersonifyError(f"placeholder token {n!r} is already in the vocabulary; choose another, e.g. '<my-{n.strip('<>')}>'")
+    init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
+    if len(init_ids) != 1:
+        raise PersonifyError(f"initializer word {initializer!r} is {len(init_ids)} tokens; pick a single-token word like the class noun")
+    added = tokenizer.add_tokens(names)
+    if added != len(names):
+        raise PersonifyError(f"placeholder token {placeholder!r} clashes with an existing token; choose another")
+    ids = tokenizer.convert_tokens_to_ids(names)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    emb = text_encoder.get_input_embeddings().weight
+    with __import__("torch").no_grad():
+        for i in ids:
+            emb[i] = emb[init_ids[0]].clone()
+    return ids
+
+
+def expand_placeholder(prompt: str, placeholder: str, num_vectors: int) -> str:
+    """'a <cat-toy>' -> 'a <cat-toy> <cat-toy>_1 ...' for multi-vector embeddings."""
+    if num_vectors <= 1:
+        return prompt
+    full = " ".join([placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)])
+    return prompt.replace(placeholder, full)

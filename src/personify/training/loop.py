@@ -1,0 +1,314 @@
+"""The one training loop every method shares.
+
+Determinism is designed in, not patched on: all randomness of step `s` (which images, which caption,
+timesteps, noise, latent samples, flips) comes from a generator seeded by (seed, s), drawn for the
+*global* batch and then sliced for this process. So
+
+- `--resume` continues bitwise-exactly on CPU: a checkpoint holds only weights, optimizer state and
+  the step number, and step `s` draws the same numbers whether or not the run was interrupted;
+- N processes with batch B give the same update as 1 process with batch N·B (up to float summation
+  order): each process takes its slice of the same global draws and gradients are averaged.
+
+Gradients are averaged with one all-reduce over the trainable parameters instead of wrapping modules
+in DDP: methods add adapters and tokens in place, and DDP refuses modules whose parameters are mostly
+frozen (the text encoder) and renames their parameters (`module.`).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from .. import __version__
+from ..artifact import save_concept
+from ..config import to_dict
+from ..data.dataset import SubjectImages, encode_latents, load_class_folder
+from ..errors import PersonifyError
+from ..generate import contact_sheet, generate_images
+from ..methods import Method, MethodConfig, get_method
+from ..sampling import encode_prompts
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 1) % (2**63))
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    if step < cfg.lr_warmup_steps:
+        return (step + 1) / (cfg.lr_warmup_steps + 1)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.lr_warmup_steps) / max(1, total - cfg.lr_warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Pool:
+    """A set of training images as cached VAE posteriors plus their caption options."""
+
+    mean: torch.Tensor  # (N, 4, h, w), flipped copies appended when flip is on
+    std: torch.Tensor  # (N, 4, h, w)
+    captions: list[list[str]]  # options per image
+    n: int  # images before flipping
+
+    @classmethod
+    def encode(cls, vae, images: SubjectImages, captions: list[list[str]], flip: bool) -> "Pool":
+        px = images.pixels()
+        if flip:
+            px = torch.cat([px, images.pixels(flip=True)])
+        mean, std = encode_latents(vae, px)
+        return cls(mean, std, captions, len(images))
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+
+
+class Trainer:
+    """Train `method` on `cfg.images`; `pipe` may be passed in (tests, notebooks) instead of `cfg.model`."""
+
+    def __init__(self, method: str, method_config: MethodConfig, cfg: TrainConfig, pipe=None):
+        self.method_cls = get_method(method)
+        if not isinstance(method_config, self.method_cls.Config):
+            raise PersonifyError(f"method {method!r} needs a {self.method_cls.Config.__name__}, got {type(method_config).__name__}")
+        self.mcfg = method_config
+        self.cfg = cfg
+        self.pipe = pipe
+        self.out = Path(cfg.out)
+        if cfg.images is None:
+            raise PersonifyError("no subject images given; pass --images DIR with 3-5 photos of your subject")
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg, mcfg = self.cfg, self.mcfg
+        self.acc = acc = Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+            log_with="tensorboard", project_dir=str(self.out / "logs"),
+        )
+        existing = list_checkpoints(self.out)
+        if existing and not cfg.resume:
+            raise PersonifyError(f"{self.out}: has checkpoints up to step {existing[-1][0]}; pass --resume to continue, or a new --out")
+        torch.manual_seed(cfg.seed)  # method set-up (e.g. LoRA init) is reproducible too
+
+        if self.pipe is None:
+            from ..models import load_pipeline
+
+            self.pipe = load_pipeline(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
+        pipe = self.pipe
+        pipe.to(acc.device)
+        res = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        images = SubjectImages(cfg.images, res, center_crop=cfg.center_crop)
+
+        method: Method = self.method_cls(pipe, mcfg)
+        self.method = method
+        prior = self._prior_pool(method, res)  # before set-up: class images come from the frozen model
+        method.setup()
+        self.inst = Pool.encode(pipe.vae, images, [method.captions(it.caption) for it in images.items], cfg.flip)
+        self.prior = prior
+        self.text_cache = self._text_cache(method)
+
+        params = method.trainable_parameters()
+        if not params:
+            raise PersonifyError(f"method {method.name!r} has no trainable parameters with this config")
+        n_train = sum(p.numel() for p in params)
+        global_batch = cfg.batch_size * cfg.gradient_accumulation * acc.num_processes
+        lr = mcfg.learning_rate * (global_batch if cfg.scale_lr else 1)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        opt = acc.prepare(opt)  # fp16 loss scaling on GPU; a plain pass-through on CPU
+        if cfg.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            if not method.text_frozen:
+                pipe.text_encoder.gradient_checkpointing_enable()
+
+        start = 0
+        if cfg.resume and existing:
+            start = self._resume(existing[-1][1], opt)
+        state_base = {"method": method.name, "seed": cfg.seed, "global_batch": global_batch, "personify": __version__}
+        if acc.is_main_process:
+            acc.init_trackers("personify", config={k: str(v) for k, v in {**to_dict(cfg), **to_dict(mcfg)}.items()})
+            acc.print(
+                f"personify: {method.name} on {images.folder} ({len(images)} images, {res}px), {n_train:,} trainable params, "
+                f"global batch {global_batch}, steps {start}->{mcfg.steps}"
+            )
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=mcfg.steps, initial=start, disable=not (acc.is_main_process and cfg.progress), unit="step", dynamic_ncols=True)
+        step, loss_value, t0 = start, float("nan"), time.time()
+        try:
+            while step < mcfg.steps:
+                for g in opt.param_groups:
+                    g["lr"] = lr * lr_factor(cfg, step, mcfg.steps)
+                loss_value = self._train_step(step, params, opt)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+                acc.log({"train/loss": loss_value, "train/lr": opt.param_groups[0]["lr"]}, step=step)
+                if step % cfg.checkpoint_every == 0 or step == mcfg.steps:
+                    self._save(step, opt, state_base)
+                if cfg.sample_every and (step % cfg.sample_every == 0 or step == mcfg.steps):
+                    self._samples(step)
+        except KeyboardInterrupt:
+            if step > start and not any(s == step for s, _ in list_checkpoints(self.out)):
+                self._save(step, opt, state_base)
+            raise PersonifyError(f"interrupted at step {step}; checkpoint saved in {self.out}; rerun with --resume to continue") from None
+        finally:
+            bar.close()
+        metrics = {"final_loss": loss_value, "steps": step, "train_seconds": round(time.time() - t0, 2), "trainable_params": n_train}
+        artifact = self.out / "concept.safetensors"
+        if acc.is_main_process:
+            meta = {
+                "method": method.name, "base_model_hash": pipe.personify_base_hash, "base_model": getattr(pipe, "personify_source", cfg.model),
+                **method.metadata(), "config": {"train": to_dict(cfg), "method": to_dict(mcfg)}, "metrics": metrics,
+                "personify_version": __version__,
+            }
+            save_concept(artifact, method.state_dict(), meta, DTYPES[cfg.save_precision])
+        acc.wait_for_everyone()
+        acc.end_training()
+        self.metrics = metrics
+        return artifact
+
+    # ------------------------------------------------------------------------------------------
+    def _prior_pool(self, method: Method, res: int) -> Pool | None:
+        prompt = method.prior_prompt()
+        if prompt is None:
+            return None
+        mcfg = self.mcfg
+        if mcfg.class_images:
+            imgs = load_class_folder(Path(mcfg.class_images), res)
+        else:
+            from ..data.class_images import class_images
+
+            with self.acc.main_process_first():
+                paths = class_images(self.pipe, prompt, mcfg.num_class_images, res, seed=self.cfg.seed)
+            imgs = load_class_folder(paths[0].parent, res)
+            keep = {p.name for p in paths}
+            imgs.items = [it for it in imgs.items if it.path.name in keep]
+        return Pool.encode(self.pipe.vae, imgs, [[prompt]] * len(imgs), self.cfg.flip)
+
+    def _text_cache(self, method: Method) -> dict[str, torch.Tensor] | None:
+        if not method.text_frozen:
+            return None
+        prompts = sorted({c for opts in self.inst.captions for c in opts} | ({c for o in self.prior.captions for c in o} if self.prior else set()))
+        with torch.no_grad():
+            embs = torch.cat([encode_prompts(self.pipe.tokenizer, self.pipe.text_encoder, prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
+        return dict(zip(prompts, embs))
+
+    def _draw(self, pool: Pool, g: torch.Generator, first: int, count: int, shape) -> dict[str, Any]:
+        """Global draws for `count` examples starting at stream position `first`."""
+        pos = torch.arange(first, first + count)
+        idx = torch.stack([pool.order(self.cfg.seed, int(p) // pool.n)[int(p) % pool.n] for p in pos])
+        if self.cfg.flip:
+            idx = idx + pool.n * (torch.rand(count, generator=g) < 0.5).long()
+        cap_pick = torch.randint(0, 2**30, (count,), generator=g)
+        eps = torch.randn((count, *shape), generator=g)
+        noise = torch.randn((count, *shape), generator=g)
+        t = torch.randint(0, self.method.noise_scheduler.config.num_train_timesteps, (count,), generator=g)
+        captions = []
+        for i, c in zip(idx.tolist(), cap_pick.tolist()):
+            opts = pool.captions[i % pool.n]
+            captions.append(opts[c % len(opts)])
+        latents = (pool.mean[idx] + pool.std[idx] * eps) * self.pipe.vae.config.scaling_factor
+        return {"latents": latents, "noise": noise, "timesteps": t, "prompts": captions}
+
+    def _train_step(self, step: int, params: list[torch.nn.Parameter], opt) -> float:
+        cfg, acc = self.cfg, self.acc
+        B, A, W, r = cfg.batch_size, cfg.gradient_accumulation, acc.num_processes, acc.process_index
+        G = B * A * W
+        g = step_generator(cfg.seed, step)
+        shape = tuple(self.inst.mean.shape[1:])
+        draws = [self._draw(self.inst, g, step * G, G, shape)]
+        if self.prior is not None:
+            draws.append(self._draw(self.prior, g, step * G, G, shape))
+        total = torch.zeros((), device=acc.device)
+        for j in range(A):
+            sl = slice((j * W + r) * B, (j * W + r + 1) * B)
+            batch = self._batch([{k: v[sl] for k, v in d.items()} for d in draws])
+            with acc.autocast():
+                loss = self.method.loss(batch) / A
+            acc.backward(loss)
+            total += loss.detach()
+        if W > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = acc.reduce(torch.cat([x.reshape(-1) for x in grads]), reduction="mean")
+            offset = 0
+            for p, x in zip(params, grads):
+                p.grad = flat[offset : offset + x.numel()].view_as(p).to(p.dtype)
+                offset += x.numel()
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.method.after_step()
+        mean_loss = acc.reduce(total, reduction="mean") if W > 1 else total
+        if not torch.isfinite(mean_loss):
+            raise PersonifyError(f"loss became {mean_loss.item()} at step {step + 1}; lower --learning-rate and rerun with --resume from the last checkpoint")
+        return float(mean_loss)
+
+    def _batch(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Concatenate instance (+ prior) slices into one forward batch, as DreamBooth does."""
+        dev = self.acc.device
+        batch: dict[str, Any] = {
+            "latents": torch.cat([p["latents"] for p in parts]).to(dev),
+            "noise": torch.cat([p["noise"] for p in parts]).to(dev),
+            "timesteps": torch.cat([p["timesteps"] for p in parts]).to(dev),
+            "prompts": [c for p in parts for c in p["prompts"]],
+            "is_prior": torch.cat([torch.full((len(p["prompts"]),), i > 0) for i, p in enumerate(parts)]).to(dev),
+        }
+        if self.text_cache is not None:
+            batch["encoder_hidden_states"] = torch.stack([self.text_cache[c] for c in batch["prompts"]]).to(dev)
+        else:
+            tok = self.pipe.tokenizer
+            batch["input_ids"] = tok(batch["prompts"], padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids.to(dev)
+        return batch
+
+    # ------------------------------------------------------------------------------------------
+    def _save(self, step: int, opt, state_base: dict[str, Any]) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.out, step, self.method.state_dict(), opt.state_dict(), {**state_base, "step": step}, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def _resume(self, path: Path, opt) -> int:
+        method_state, opt_state, state = load_checkpoint(path)
+        if state.get("method") != self.method.name:
+            raise PersonifyError(f"{path}: checkpoint is from method {state.get('method')!r}, not {self.method.name!r}; use another --out")
+        if state.get("seed") != self.cfg.seed:
+            warnings.warn(f"{path}: resuming with seed {self.cfg.seed} but the run used {state.get('seed')}; the data order changes")
+        self.method.load(method_state)
+        opt.load_state_dict(opt_state)
+        self.acc.print(f"personify: resumed from {path} (step {state['step']})")
+        return int(state["step"])
+
+    def _samples(self, step: int) -> None:
+        if not self.acc.is_main_process:
+            return
+        prompts = self.cfg.sample_prompts or ["{}"]
+        inst = self.inst.captions[0][0]
+        prompts = [p.replace("{}", inst) for p in prompts]
+        unet_training = self.pipe.unet.training
+        self.pipe.unet.eval()
+        with torch.no_grad():
+            imgs = generate_images(self.pipe, [p for p in prompts for _ in range(2)], [self.cfg.seed + i for i in range(2 * len(prompts))], steps=self.cfg.sample_steps)
+        self.pipe.unet.train(unet_training)
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        sheet = contact_sheet(imgs, cols=2)
+        sheet.save(folder / f"step-{step:06d}.png")
+        try:
+            import numpy as np
+
+            writer = self.acc.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("samples", np.asarray(sheet), step, dataformats="HWC")
+        except Exception:  # logging is best-effort; the PNG is already on disk
+            pass
