@@ -29,7 +29,7 @@ class SubjectImage:
 class SubjectImages:
     """Load and validate every image in `folder` at `resolution` (square, center crop by default)."""
 
-    def __init__(self, folder: str | Path, resolution: int, center_crop: bool = True, max_images: int = 10_000):
+    def __init__(self, folder: str | Path, resolution: int, center_crop: bool = True, max_images: int = 10_000, subject: bool = True):
         self.folder = Path(folder).expanduser()
         self.resolution = resolution
         paths = find_images(self.folder, max_images)
@@ -45,6 +45,8 @@ class SubjectImages:
             self.items.append(SubjectImage(p, resize_crop(img, resolution, center=center_crop), caption or None))
         if small:
             warnings.warn(f"{self.folder}: {len(small)} image(s) smaller than {resolution} px are upscaled (blurry): {', '.join(small[:5])}")
+        if not subject:  # class/regularization sets: counts are the user's choice
+            return
         if len(self.items) == 1:
             warnings.warn(f"{self.folder}: only 1 image; it works, but 3-5 photos of the subject in different settings generalize better")
         elif len(self.items) > MANY_IMAGES:
@@ -80,6 +82,6 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 16) -> tuple[torch.Te
 
 def load_class_folder(folder: Path, resolution: int) -> SubjectImages:
     try:
-        return SubjectImages(folder, resolution)
+        return SubjectImages(folder, resolution, subject=False)
     except PersonifyError as e:
         raise PersonifyError(f"class images: {e}") from None

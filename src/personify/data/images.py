@@ -50,11 +50,11 @@ def load_rgb(path: Path, min_side: int = 0, target: int | None = None) -> Image.
     """Open `path` as an RGB image, EXIF-rotated. `target` lets huge JPEGs decode at reduced size."""
     path = Path(path)
     try:
-        img = Image.open(path)
-        if target and img.format == "JPEG":
-            img.draft("RGB", (2 * target, 2 * target))  # DCT-domain downscale: fast and memory-light
-        img = ImageOps.exif_transpose(img)
-        img.load()
+        with Image.open(path) as f:
+            if target and f.format == "JPEG":
+                f.draft("RGB", (2 * target, 2 * target))  # DCT-domain downscale: fast and memory-light
+            f.load()
+            img = ImageOps.exif_transpose(f)
     except Image.DecompressionBombError:
         raise PersonifyError(f"{path}: image is larger than {MAX_PIXELS // 1_000_000} megapixels; downscale it first") from None
     except UnidentifiedImageError:

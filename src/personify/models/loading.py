@@ -29,13 +29,13 @@ from ..errors import PersonifyError
 
 DEFAULT_MODEL = "mini"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-# component -> (config file, accepted weight files)
+# component -> (config files, any one suffices; accepted weight files)
 _COMPONENTS = {
-    "unet": ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin")),
-    "vae": ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin")),
-    "text_encoder": ("config.json", ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin")),
-    "tokenizer": ("vocab.json", ()),
-    "scheduler": ("scheduler_config.json", ()),
+    "unet": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin")),
+    "vae": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin")),
+    "text_encoder": (("config.json",), ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin")),
+    "tokenizer": (("tokenizer.json", "vocab.json"), ()),
+    "scheduler": (("scheduler_config.json",), ()),
 }
 
 
@@ -91,10 +91,10 @@ def _check_folder(p: Path, allow_pickle: bool) -> None:
         json.loads(index.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise PersonifyError(f"{index}: unreadable JSON; re-download or re-export the model") from None
-    for comp, (cfg, weights) in _COMPONENTS.items():
+    for comp, (cfgs, weights) in _COMPONENTS.items():
         d = p / comp
-        if not (d / cfg).is_file():
-            raise PersonifyError(f"{p}: missing {comp}/{cfg}; the model folder is incomplete, re-export it")
+        if not any((d / c).is_file() for c in cfgs):
+            raise PersonifyError(f"{p}: missing {comp}/{cfgs[0]}; the model folder is incomplete, re-export it")
         if weights:
             found = [w for w in weights if (d / w).is_file()]
             if not found:
@@ -113,7 +113,7 @@ def _load_folder(p: Path, allow_pickle: bool, dtype: torch.dtype) -> StableDiffu
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             p, local_files_only=True, safety_checker=None, requires_safety_checker=False,
-            torch_dtype=dtype, variant=variant, use_safetensors=not allow_pickle,
+            dtype=dtype, variant=variant, use_safetensors=None if allow_pickle else True,
         )
     except Exception as e:  # diffusers raises many types; name the folder and the first line
         raise PersonifyError(f"{p}: cannot load model ({_first_line(e)}); check the folder is a complete SD 1.x/2.x export") from None
