@@ -16,6 +16,7 @@ frozen (the text encoder) and renames their parameters (`module.`).
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -92,6 +93,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def run(self) -> Path:
         cfg, mcfg = self.cfg, self.mcfg
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # accelerate keeps process-wide state; a second run in one Python process (API, notebook,
+            # tests) may ask for another precision. Only a launched multi-process run must keep it.
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
         self.acc = acc = Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
             log_with="tensorboard", project_dir=str(self.out / "logs"),
