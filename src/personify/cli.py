@@ -30,7 +30,36 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML/TOML file with 'train:' and 'method:' sections")
     t.add_argument("-h", "--help", action="store_true")
     sub.add_parser("methods", help="list the registered methods")
+    for name, (help_, cfg_path, _) in SIMPLE.items():
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", help=f"YAML/TOML file with a '{name.split()[0]}:' section")
+        add_arguments(sp, _import(cfg_path))
     return p
+
+
+# Commands that are one config dataclass and one function: "name": (help, "module:Config", "module:function").
+SIMPLE = {
+    "eval": ("score concepts or a method with the DreamBench protocol (HTML report)",
+             "personify.evaluation.run:EvalConfig", "personify.evaluation.run:run_eval"),
+}
+
+
+def _import(path: str):
+    import importlib
+
+    mod, attr = path.split(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def cmd_simple(name: str, args: argparse.Namespace) -> int:
+    from .config import load_file
+
+    _, cfg_path, fn_path = SIMPLE[name]
+    section = load_file(args.config).get(name, {}) if args.config else {}
+    result = _import(fn_path)(_layered(_import(cfg_path), section, args, args.config or "command line"))
+    if result is not None:
+        print(f"{name}: wrote {result}")
+    return 0
 
 
 def _layered(cls, file_section: dict[str, Any], args: argparse.Namespace, source: str, extra: dict[str, Any] | None = None):
@@ -92,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command in SIMPLE:
+            return cmd_simple(args.command, args)
         if args.command == "methods":
             from .methods import METHODS, available
 
