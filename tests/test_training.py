@@ -46,3 +46,23 @@ def test_lr_schedule_and_warmup():
     assert lr_factor(c, 0, 10) == pytest.approx(0.2)
     assert lr_factor(c, 4, 10) == pytest.approx(1.0)
     assert lr_factor(c, 10, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_checkpoint_selection_keeps_the_best(subject_dir, tmp_path):
+    import json
+
+    from personify.evaluation import tiny_clip, tiny_dino
+
+    c, d = tiny_clip(), tiny_dino()
+    c.model.save_pretrained(tmp_path / "clip")
+    c.tokenizer.save_pretrained(tmp_path / "clip")
+    d.model.save_pretrained(tmp_path / "dino")
+    out = tmp_path / "run"
+    personify.train("dreambooth", images=subject_dir, out=str(out), steps=3, validate_every=1, validate_metric="clip_i",
+                    validate_prompts=["{} on the beach"], eval_clip=str(tmp_path / "clip"), eval_dino=str(tmp_path / "dino"), **BASE)
+    curve = json.loads((out / "validation.json").read_text())["curve"]
+    assert [e["step"] for e in curve] == [1, 2, 3]
+    best = max(curve, key=lambda e: e["clip_i"])
+    meta = read_concept(out / "best.safetensors")[1]
+    assert meta["metrics"]["best_step"] == best["step"] and meta["metrics"]["best_value"] == pytest.approx(best["clip_i"])
+    assert read_concept(out / "concept.safetensors")[1]["metrics"]["validation"] == curve

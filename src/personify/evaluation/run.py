@@ -19,7 +19,8 @@ def default_evaluator_path(name: str) -> Path:
 @dataclass
 class EvalConfig:
     concept: list[str] = field(default_factory=list, metadata={"help": "concept artifact(s) to score; several = one comparison report"})
-    method: str | None = field(default=None, metadata={"help": "train this method on each subject, then score it"})
+    method_options: dict = field(default_factory=dict, metadata={"help": "extra method options for --method (config file only)", "cli": False})
+    method: list[str] = field(default_factory=list, metadata={"help": "train these methods on each subject, then score them (several = comparison)"})
     subject: list[str] = field(default_factory=list, metadata={"help": "subject name(s): one per concept, one for all, or a subset for --method"})
     benchmark: Literal["mini", "real"] = field(default="mini", metadata={"help": "mini-DreamBench (shipped) or real DreamBench"})
     prompts_file: str | None = field(default=None, metadata={"help": "real DreamBench prompts_and_classes.txt"})
@@ -77,12 +78,16 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> Path:
         for c, s in zip(cfg.concept, subjects):
             jobs.append((c, s, read_concept(c)[1]["method"] + ":" + Path(c).parent.name))
     else:
-        for s in cfg.subject or sorted(bench.subjects):
-            sub = bench.subjects[s]
-            extra = {"steps": cfg.train_steps} if cfg.train_steps else {}
-            art = personify.train(cfg.method, images=str(sub.images[0].parent), model=cfg.model, class_word=sub.class_word,
-                                  out=str(out / "train" / s), seed=cfg.seed, progress=False, **extra)
-            jobs.append((str(art), s, cfg.method))
+        for method in cfg.method:
+            for s in cfg.subject or sorted(bench.subjects):
+                sub = bench.subjects[s]
+                extra = {**cfg.method_options, **({"steps": cfg.train_steps} if cfg.train_steps else {})}
+                run_dir = out / "train" / method / s
+                from ..training.checkpoint import list_checkpoints
+
+                art = personify.train(method, images=str(sub.images[0].parent), model=cfg.model, class_word=sub.class_word,
+                                      out=str(run_dir), seed=cfg.seed, progress=False, resume=bool(list_checkpoints(run_dir)), **extra)
+                jobs.append((str(art), s, method))
     results, base_t = [], {}
     base = load_pipeline(cfg.model)
     for path, s, label in jobs:

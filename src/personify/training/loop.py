@@ -138,6 +138,7 @@ class Trainer:
             if not method.text_frozen:
                 pipe.text_encoder.gradient_checkpointing_enable()
 
+        self.validator = self._make_validator(images) if cfg.validate_every and acc.is_main_process else None
         start = 0
         if cfg.resume and existing:
             start = self._resume(existing[-1][1], opt)
@@ -166,6 +167,8 @@ class Trainer:
                     self._save(step, opt, state_base)
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == mcfg.steps):
                     self._samples(step)
+                if self.validator is not None and (step % cfg.validate_every == 0 or step == mcfg.steps):
+                    self._validate(step)
         except KeyboardInterrupt:
             if step > start and not any(s == step for s, _ in list_checkpoints(self.out)):
                 self._save(step, opt, state_base)
@@ -175,12 +178,9 @@ class Trainer:
         metrics = {"final_loss": loss_value, "steps": step, "train_seconds": round(time.time() - t0, 2), "trainable_params": n_train}
         artifact = self.out / "concept.safetensors"
         if acc.is_main_process:
-            meta = {
-                "method": method.name, "base_model_hash": pipe.personify_base_hash, "base_model": getattr(pipe, "personify_source", cfg.model),
-                **method.metadata(), "config": {"train": to_dict(cfg), "method": to_dict(mcfg)}, "metrics": metrics,
-                "personify_version": __version__,
-            }
-            save_concept(artifact, method.state_dict(), meta, DTYPES[cfg.save_precision])
+            if self.validator is not None:
+                metrics["validation"] = self.validator.curve
+            self._save_concept(artifact, metrics)
         acc.wait_for_everyone()
         acc.end_training()
         self.metrics = metrics
@@ -279,6 +279,33 @@ class Trainer:
             tok = self.pipe.tokenizer
             batch["input_ids"] = tok(batch["prompts"], padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids.to(dev)
         return batch
+
+    def _save_concept(self, path: Path, metrics: dict[str, Any]) -> None:
+        cfg, pipe, method = self.cfg, self.pipe, self.method
+        meta = {
+            "method": method.name, "base_model_hash": pipe.personify_base_hash, "base_model": getattr(pipe, "personify_source", cfg.model),
+            **method.metadata(), "config": {"train": to_dict(cfg), "method": to_dict(self.mcfg)}, "metrics": metrics,
+            "personify_version": __version__,
+        }
+        save_concept(path, method.state_dict(), meta, DTYPES[cfg.save_precision])
+
+    def _make_validator(self, images: SubjectImages):
+        from ..evaluation.encoders import load_clip, load_dino
+        from ..evaluation.dreambench import Evaluator
+        from ..evaluation.run import default_evaluator_path
+        from ..evaluation.selection import Validator
+
+        cfg = self.cfg
+        ev = Evaluator(load_clip(cfg.eval_clip or default_evaluator_path("clip")), load_dino(cfg.eval_dino or default_evaluator_path("dino")))
+        return Validator(ev, self.out, cfg.validate_metric, cfg.validate_prompts, [it.image for it in images.items], self.mcfg.class_word)
+
+    def _validate(self, step: int) -> None:
+        meta = self.method.metadata()
+        inst = meta.get("instance_prompt") or self.inst.captions[0][0]
+        ident = (meta.get("tokens") or [None])[0]
+        self.validator(step, self.pipe, inst, ident, lambda path, extra: self._save_concept(path, {"steps": step, **extra}))
+        last = self.validator.curve[-1]
+        self.acc.log({f"val/{k}": v for k, v in last.items() if k != "step"}, step=step)
 
     # ------------------------------------------------------------------------------------------
     def _save(self, step: int, opt, state_base: dict[str, Any]) -> None:
