@@ -30,9 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML/TOML file with 'train:' and 'method:' sections")
     t.add_argument("-h", "--help", action="store_true")
     sub.add_parser("methods", help="list the registered methods")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, (help_, cfg_path, _) in SIMPLE.items():
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", help=f"YAML/TOML file with a '{name.split()[0]}:' section")
+        if " " in name:  # "world build" -> `personify world build`
+            group, leaf = name.split(" ", 1)
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(dest="subcommand", required=True)
+            sp = groups[group].add_parser(leaf, help=help_)
+        else:
+            sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", help=f"YAML/TOML file with a '{name.replace(' ', '_')}:' section")
         add_arguments(sp, _import(cfg_path))
     return p
 
@@ -41,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 SIMPLE = {
     "eval": ("score concepts or a method with the DreamBench protocol (HTML report)",
              "personify.evaluation.run:EvalConfig", "personify.evaluation.run:run_eval"),
+    "world build": ("fetch the emoji packages (npm) and render the mini model's scenes (one-time)",
+                    "personify.world:WorldConfig", "personify.world:main"),
 }
 
 
@@ -55,8 +64,10 @@ def cmd_simple(name: str, args: argparse.Namespace) -> int:
     from .config import load_file
 
     _, cfg_path, fn_path = SIMPLE[name]
-    section = load_file(args.config).get(name, {}) if args.config else {}
+    section = load_file(args.config).get(name.replace(" ", "_"), {}) if args.config else {}
     result = _import(fn_path)(_layered(_import(cfg_path), section, args, args.config or "command line"))
+    if isinstance(result, int):
+        return result
     if result is not None:
         print(f"{name}: wrote {result}")
     return 0
@@ -121,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "generate":
             return cmd_generate(args)
-        if args.command in SIMPLE:
-            return cmd_simple(args.command, args)
+        name = f"{args.command} {args.subcommand}" if getattr(args, "subcommand", None) else args.command
+        if name in SIMPLE:
+            return cmd_simple(name, args)
         if args.command == "methods":
             from .methods import METHODS, available
 
