@@ -65,7 +65,7 @@ def read_concept(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except Exception as e:
         raise PersonifyError(f"{p}: unreadable concept file ({str(e)[:100]}); re-export it from its training run") from None
     if "personify" not in header:
-        raise PersonifyError(f"{p}: not a personify concept (no metadata); for kohya/A1111 files use 'personify convert'")
+        raise PersonifyError(f"{p}: not a personify concept (no metadata); kohya/A1111 LoRA files (lora_unet_* keys) are loaded as they are")
     meta = json.loads(header["personify"])
     if meta.get("format") != FORMAT:
         raise PersonifyError(f"{p}: concept format {meta.get('format')!r} is not {FORMAT!r}; upgrade personify")
@@ -73,12 +73,36 @@ def read_concept(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
+def _is_kohya(path) -> bool:
+    """A kohya / A1111 LoRA file (no personify metadata, `lora_unet_*` keys)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        with safe_open(str(p), "pt") as f:
+            return "personify" not in (f.metadata() or {}) and any(k.startswith(("lora_unet_", "lora_te_")) for k in f.keys())
+    except Exception:
+        return False
+
+
 def apply_concepts(pipe, paths: list[str | os.PathLike]) -> None:
     """Apply several concepts to a loaded pipeline, in order, after checking each one's base model."""
     from .methods import get_method
 
     for path in paths:
+        if _is_kohya(path):
+            from .export import load_kohya_lora
+
+            load_kohya_lora(pipe, path)
+            continue
         tensors, meta = read_concept(path)
+        for other in pipe.personify_concepts:
+            shared = set(other.get("tokens") or []) & set(meta.get("tokens") or [])
+            if shared:
+                raise PersonifyError(
+                    f"{meta['path']}: token {sorted(shared)[0]!r} is also used by {other.get('path')}; "
+                    "retrain one concept with another --identifier / --placeholder"
+                )
         base = getattr(pipe, "personify_base_hash", None)
         if meta["base_model_hash"] != base:
             raise PersonifyError(

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 SIMPLE = {
     "eval": ("score concepts or a method with the DreamBench protocol (HTML report)",
              "personify.evaluation.run:EvalConfig", "personify.evaluation.run:run_eval"),
+    "export": ("write a concept in another tool's format (kohya/A1111 LoRA, A1111/diffusers embeddings)",
+               "personify.export:ExportConfig", "personify.export:main"),
     "world build": ("fetch the emoji packages (npm) and render the mini model's scenes (one-time)",
                     "personify.world:WorldConfig", "personify.world:main"),
 }

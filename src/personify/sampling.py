@@ -100,7 +100,14 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return (img / 2 + 0.5).clamp(0, 1)
 
 
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Prompts -> token ids (B, L), padded to max length as in SD; multi-vector placeholders expanded."""
+    from .tokens import expand_prompt
+
+    prompts = [expand_prompt(tokenizer, p) for p in prompts]
+    return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """Prompts -> CLIP hidden states (B, L, D), padded to the tokenizer's max length as in SD."""
-    ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
+    """Prompts -> CLIP hidden states (B, L, D)."""
+    return text_encoder(tokenize(tokenizer, prompts).to(text_encoder.device))[0]

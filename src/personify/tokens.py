@@ -11,6 +11,7 @@ merges: those are the most frequent strings CLIP saw, and they come with strong 
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 from .errors import PersonifyError
@@ -76,6 +77,22 @@ def add_placeholder_tokens(tokenizer, text_encoder, placeholder: str, num_vector
         for i in ids:
             emb[i] = emb[init_ids[0]].clone()
     return ids
+
+
+def expand_prompt(tokenizer, prompt: str) -> str:
+    """Expand every multi-vector placeholder the tokenizer knows ('<x>' with '<x>_1', ...) unless the
+    prompt already spells the vectors out (as diffusers' `maybe_convert_prompt` does)."""
+    added = getattr(tokenizer, "added_tokens_encoder", {}) or {}
+    for tok in added:
+        if f"{tok}_1" not in added or tok not in prompt:
+            continue
+        n = 1
+        while f"{tok}_{n}" in added:
+            n += 1
+        full = " ".join([tok] + [f"{tok}_{i}" for i in range(1, n)])
+        if full not in prompt:
+            prompt = re.sub(rf"{re.escape(tok)}(?!_\d)", full, prompt)
+    return prompt
 
 
 def expand_placeholder(prompt: str, placeholder: str, num_vectors: int) -> str:

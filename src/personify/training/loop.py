@@ -33,7 +33,7 @@ from ..data.dataset import SubjectImages, encode_latents, load_class_folder
 from ..errors import PersonifyError
 from ..generate import contact_sheet, generate_images
 from ..methods import Method, MethodConfig, get_method
-from ..sampling import encode_prompts
+from ..sampling import encode_prompts, tokenize
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 
@@ -72,8 +72,16 @@ class Pool:
         mean, std = encode_latents(vae, px)
         return cls(mean, std, captions, len(images))
 
-    def order(self, seed: int, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+    def index(self, seed: int, positions: torch.Tensor) -> torch.Tensor:
+        """Image index at each position of the endless stream of per-epoch permutations."""
+        cache: dict[int, torch.Tensor] = self.__dict__.setdefault("_orders", {})
+        out = []
+        for p in positions.tolist():
+            epoch = p // self.n
+            if epoch not in cache:
+                cache[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+            out.append(cache[epoch][p % self.n])
+        return torch.stack(out)
 
 
 class Trainer:
@@ -81,7 +89,7 @@ class Trainer:
 
     def __init__(self, method: str, method_config: MethodConfig, cfg: TrainConfig, pipe=None):
         self.method_cls = get_method(method)
-        if not isinstance(method_config, self.method_cls.Config):
+        if type(method_config) is not self.method_cls.Config:
             raise PersonifyError(f"method {method!r} needs a {self.method_cls.Config.__name__}, got {type(method_config).__name__}")
         self.mcfg = method_config
         self.cfg = cfg
@@ -128,7 +136,8 @@ class Trainer:
         params = method.trainable_parameters()
         if not params:
             raise PersonifyError(f"method {method.name!r} has no trainable parameters with this config")
-        n_train = sum(p.numel() for p in params)
+        # What the artifact holds (TI trains rows of the embedding matrix, not all of it).
+        n_train = sum(v.numel() for v in method.state_dict().values() if v.is_floating_point())
         global_batch = cfg.batch_size * cfg.gradient_accumulation * acc.num_processes
         lr = mcfg.learning_rate * (global_batch if cfg.scale_lr else 1)
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -136,7 +145,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
             if not method.text_frozen:
-                pipe.text_encoder.gradient_checkpointing_enable()
+                te = pipe.text_encoder
+                (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
 
         self.validator = self._make_validator(images) if cfg.validate_every and acc.is_main_process else None
         start = 0
@@ -175,6 +185,8 @@ class Trainer:
             raise PersonifyError(f"interrupted at step {step}; checkpoint saved in {self.out}; rerun with --resume to continue") from None
         finally:
             bar.close()
+            pipe.unet.eval()  # the trained pipeline generates like the reloaded artifact (LoRA dropout off)
+            pipe.text_encoder.eval()
         metrics = {"final_loss": loss_value, "steps": step, "train_seconds": round(time.time() - t0, 2), "trainable_params": n_train}
         artifact = self.out / "concept.safetensors"
         if acc.is_main_process:
@@ -214,8 +226,7 @@ class Trainer:
 
     def _draw(self, pool: Pool, g: torch.Generator, first: int, count: int, shape) -> dict[str, Any]:
         """Global draws for `count` examples starting at stream position `first`."""
-        pos = torch.arange(first, first + count)
-        idx = torch.stack([pool.order(self.cfg.seed, int(p) // pool.n)[int(p) % pool.n] for p in pos])
+        idx = pool.index(self.cfg.seed, torch.arange(first, first + count))
         if self.cfg.flip:
             idx = idx + pool.n * (torch.rand(count, generator=g) < 0.5).long()
         cap_pick = torch.randint(0, 2**30, (count,), generator=g)
@@ -276,8 +287,7 @@ class Trainer:
         if self.text_cache is not None:
             batch["encoder_hidden_states"] = torch.stack([self.text_cache[c] for c in batch["prompts"]]).to(dev)
         else:
-            tok = self.pipe.tokenizer
-            batch["input_ids"] = tok(batch["prompts"], padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids.to(dev)
+            batch["input_ids"] = tokenize(self.pipe.tokenizer, batch["prompts"]).to(dev)
         return batch
 
     def _save_concept(self, path: Path, metrics: dict[str, Any]) -> None:

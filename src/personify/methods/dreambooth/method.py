@@ -39,7 +39,7 @@ class DreamBooth(Method):
     def __init__(self, pipe, config: DreamBoothConfig):
         super().__init__(pipe, config)
         if not config.class_word:
-            raise PersonifyError("dreambooth needs the subject's class word; pass --class-word, e.g. --class-word dog")
+            raise PersonifyError(f"{self.name} needs the subject's class word; pass --class-word, e.g. --class-word dog")
         tok = pipe.tokenizer
         self.identifier = config.identifier or rare_identifier(tok, exclude=tuple(t for c in getattr(pipe, "personify_concepts", []) for t in c.get("tokens", [])))
         if config.identifier:
@@ -94,6 +94,11 @@ class DreamBooth(Method):
         _load_modules(pipe, state)
 
 
+def _base_layer_key(key: str) -> str:
+    head, _, leaf = key.rpartition(".")
+    return f"{head}.base_layer.{leaf}"
+
+
 def _load_modules(pipe, state: dict[str, torch.Tensor]) -> None:
     for name in ("unet", "text_encoder"):
         sub = unprefixed(name, state)
@@ -101,6 +106,8 @@ def _load_modules(pipe, state: dict[str, torch.Tensor]) -> None:
             continue
         module = getattr(pipe, name)
         ref = module.state_dict()
+        # A LoRA concept applied first wraps layers: `to_q.weight` now lives at `to_q.base_layer.weight`.
+        sub = {(k if k in ref else _base_layer_key(k)): v for k, v in sub.items()}
         bad = [k for k in sub if k not in ref or ref[k].shape != sub[k].shape]
         if bad:
             raise PersonifyError(f"DreamBooth weights do not fit this model's {name} ({bad[0]}); load the base model it was trained on")

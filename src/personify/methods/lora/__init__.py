@@ -1,0 +1,4 @@
+from .config import LoRAConfig
+from .method import LoRA
+
+__all__ = ["LoRA", "LoRAConfig"]

@@ -1,0 +1,54 @@
+"""Several concepts on one pipeline, across methods and formats."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import personify
+from personify.cli import main
+from personify.generate import generate_images
+from personify.models import load_pipeline
+
+COMMON = {"model": "tiny", "resolution": 32, "progress": False, "save_precision": "fp32", "steps": 2, "prior_weight": 0.0}
+
+
+@pytest.fixture
+def arts(subject_dir, tmp_path):
+    lora = personify.train("lora", images=subject_dir, out=str(tmp_path / "lora"), class_word="dog", identifier="sks", learning_rate=1e-2, **COMMON)
+    db = personify.train("dreambooth", images=subject_dir, out=str(tmp_path / "db"), class_word="dog", learning_rate=1e-3, **COMMON)
+    ti = personify.train("textual_inversion", images=subject_dir, out=str(tmp_path / "ti"), class_word="dog", placeholder="<x>",
+                         num_vectors=2, learning_rate=5e-2, **{k: v for k, v in COMMON.items() if k != "prior_weight"})
+    return {"lora": lora, "db": db, "ti": ti}
+
+
+def _img(pipe, prompt):
+    with torch.no_grad():
+        return np.asarray(generate_images(pipe, [prompt], [1], steps=2)[0])
+
+
+def test_lora_then_dreambooth_then_ti(arts):
+    pipe = load_pipeline("tiny")
+    personify.apply_concepts(pipe, [arts["lora"], arts["db"], arts["ti"]])
+    assert [c["method"] for c in pipe.personify_concepts] == ["lora", "dreambooth", "textual_inversion"]
+    # Multi-vector placeholders expand by themselves: '<x>' reads as '<x> <x>_1'.
+    assert np.array_equal(_img(pipe, "a <x> on the beach"), _img(pipe, "a <x> <x>_1 on the beach"))
+    assert not np.array_equal(_img(pipe, "a <x> on the beach"), _img(pipe, "a <x>_1 on the beach"))
+
+
+def test_shared_identifier_is_an_error(arts, subject_dir, tmp_path):
+    other = personify.train("dreambooth", images=subject_dir, out=str(tmp_path / "db2"), class_word="dog", identifier="sks", **COMMON)
+    pipe = load_pipeline("tiny")
+    with pytest.raises(personify.PersonifyError, match="token 'sks' is also used by"):
+        personify.apply_concepts(pipe, [arts["lora"], other])
+
+
+def test_kohya_export_loads_through_generate(arts, tmp_path):
+    assert main(["export", "--concept", str(arts["lora"]), "--out", str(tmp_path / "k.safetensors")]) == 0
+    for name, concept in (("ours", arts["lora"]), ("kohya", tmp_path / "k.safetensors")):
+        assert main(["generate", "a sks dog", "--model", "tiny", "--concept", str(concept), "--n", "1", "--steps", "2", "--out", str(tmp_path / name)]) == 0
+    a = next((tmp_path / "ours").glob("a-sks-dog-*.png"))
+    b = next((tmp_path / "kohya").glob("a-sks-dog-*.png"))
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
