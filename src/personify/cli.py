@@ -50,6 +50,8 @@ SIMPLE = {
              "personify.evaluation.run:EvalConfig", "personify.evaluation.run:run_eval"),
     "export": ("write a concept in another tool's format (kohya/A1111 LoRA, A1111/diffusers embeddings)",
                "personify.export:ExportConfig", "personify.export:main"),
+    "merge": ("merge separately trained Custom Diffusion concepts in closed form (Kumari et al. 2023, Eq. 4)",
+              "personify.methods.custom_diffusion:MergeConfig", "personify.methods.custom_diffusion:main"),
     "world build": ("fetch the emoji packages (npm) and render the mini model's scenes (one-time)",
                     "personify.world:WorldConfig", "personify.world:main"),
 }

@@ -32,6 +32,6 @@ def _load_builtin() -> None:
         importlib.import_module(f"{__name__}.{mod}")
 
 
-BUILTIN = ("dreambooth", "lora", "textual_inversion")
+BUILTIN = ("dreambooth", "lora", "textual_inversion", "custom_diffusion")
 
 __all__ = ["Method", "MethodConfig", "PriorConfig", "register", "get_method", "available", "METHODS"]

@@ -214,7 +214,8 @@ class Trainer:
             imgs = load_class_folder(paths[0].parent, res)
             keep = {p.name for p in paths}
             imgs.items = [it for it in imgs.items if it.path.name in keep]
-        return Pool.encode(self.pipe.vae, imgs, [[prompt]] * len(imgs), self.cfg.flip)
+        # Retrieved regularization images keep their own captions (Custom Diffusion); generated ones get the prompt.
+        return Pool.encode(self.pipe.vae, imgs, [[it.caption or prompt] for it in imgs.items], self.cfg.flip)
 
     def _text_cache(self, method: Method) -> dict[str, torch.Tensor] | None:
         if not method.text_frozen:
