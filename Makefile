@@ -17,6 +17,6 @@ demo: setup
 	$(BIN)/personify generate "a photo of a dog on the beach" --n 8 --out out/demo
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider
 
 .PHONY: setup demo test
