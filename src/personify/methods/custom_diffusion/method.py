@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ...errors import PersonifyError
-from ...tokens import add_placeholder_tokens, rare_identifier
+from ...tokens import TrainableRows, add_placeholder_tokens, rare_identifier
 from .. import register
 from ..base import Method, prefixed, unprefixed
 from .augment import augment_batch
@@ -116,13 +116,7 @@ class CustomDiffusion(Method):
         te, unet = self.pipe.text_encoder, self.pipe.unet
         for t, init in zip(self.tokens, self.initializers):
             self.ids += add_placeholder_tokens(self.pipe.tokenizer, te, t, 1, init)
-        emb = self._embedding()
-        emb.requires_grad_(True)
-        self._frozen_rows = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-        self._frozen_rows[self.ids] = False
-        self._original = emb.detach().clone()
-        grad_mask = (~self._frozen_rows).to(emb.dtype)[:, None]
-        self._hook = emb.register_hook(lambda g: g * grad_mask.to(g.dtype))
+        self.rows = TrainableRows(te, self.ids)
         self._unet_params = cross_attention_parameters(unet, self.config.freeze_model)
         for p in self._unet_params.values():
             p.requires_grad_(True)
@@ -262,9 +256,7 @@ class CustomDiffusion(Method):
         return super().loss(batch)
 
     def after_step(self) -> None:
-        emb = self._embedding()
-        with torch.no_grad():
-            emb[self._frozen_rows] = self._original[self._frozen_rows]
+        self.rows.restore()
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ...errors import PersonifyError
-from ...tokens import add_placeholder_tokens, expand_placeholder
+from ...tokens import TrainableRows, add_placeholder_tokens, expand_placeholder
 from .. import register
 from ..base import Method
 from ..dreambooth.method import sidecar_caption
@@ -67,13 +67,7 @@ class TextualInversion(Method):
         super().setup()
         te = self.pipe.text_encoder
         self.ids = add_placeholder_tokens(self.pipe.tokenizer, te, self.placeholder, self.config.num_vectors, self.config.init_word)
-        emb = self._embedding()  # a new Parameter after the resize
-        emb.requires_grad_(True)
-        self._frozen_rows = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-        self._frozen_rows[self.ids] = False
-        self._original = emb.detach().clone()
-        grad_mask = (~self._frozen_rows).to(emb.dtype)[:, None]
-        self._hook = emb.register_hook(lambda g: g * grad_mask.to(g.dtype))
+        self.rows = TrainableRows(te, self.ids)
 
     def captions(self, sidecar: str | None) -> list[str]:
         options = [t.format(self.in_prompt) for t in self.templates]
@@ -86,13 +80,11 @@ class TextualInversion(Method):
         return [self._embedding()]
 
     def after_step(self) -> None:
-        emb = self._embedding()
-        with torch.no_grad():
-            emb[self._frozen_rows] = self._original[self._frozen_rows]
+        self.rows.restore()
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {self.placeholder: self._embedding()[self.ids].detach().clone()}
+        return {self.placeholder: self.rows.rows()}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         _set_rows(self._embedding(), self.ids, _vectors(state, "checkpoint", self._embedding().shape[1]))
