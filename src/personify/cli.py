@@ -52,6 +52,8 @@ SIMPLE = {
                "personify.export:ExportConfig", "personify.export:main"),
     "merge": ("merge separately trained Custom Diffusion concepts in closed form (Kumari et al. 2023, Eq. 4)",
               "personify.methods.custom_diffusion:MergeConfig", "personify.methods.custom_diffusion:main"),
+    "seedselect": ("optimize initial noise toward 3-5 reference images (SeedSelect); writes images + latents",
+                   "personify.seedselect:SeedSelectConfig", "personify.seedselect:main"),
     "world build": ("fetch the emoji packages (npm) and render the mini model's scenes (one-time)",
                     "personify.world:WorldConfig", "personify.world:main"),
 }

@@ -1,6 +1,7 @@
 """Text-to-image generation with personify's samplers, and the `personify generate` command."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import warnings
+
 from PIL import Image
 
 from .config import check
@@ -76,18 +79,29 @@ class GenerateConfig:
     allow_pickle: bool = field(default=False, metadata={"help": "allow loading .ckpt/.pt/.bin (weights_only=True)"})
     concept: list[str] = field(default_factory=list, metadata={"help": "concept artifact(s) to apply"})
     seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed+i"})
-    steps: int = field(default=25, metadata={"help": "sampling steps"})
-    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
-    sampler: str = field(default="ddim", metadata={"help": f"one of {', '.join(SAMPLERS)}"})
-    n: int = field(default=4, metadata={"help": "number of images"})
+    steps: int | None = field(default=None, metadata={"help": "sampling steps (default 25, or the --latents file's)"})
+    guidance: float | None = field(default=None, metadata={"help": "classifier-free guidance scale (default 7.5, or the --latents file's)"})
+    sampler: str | None = field(default=None, metadata={"help": f"one of {', '.join(SAMPLERS)} (default ddim, or the --latents file's)"})
+    n: int | None = field(default=None, metadata={"help": "number of images (default 4, or all of --latents)"})
     out: str = field(default="out", metadata={"help": "output folder"})
     latents: str | None = field(default=None, metadata={"help": "initial latents .safetensors (e.g. from personify seedselect)"})
 
     def __post_init__(self) -> None:
-        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        check(1 <= self.n <= 10_000, f"n must be in 1..10000, got {self.n}")
-        check(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        check(self.guidance >= 1.0, f"guidance must be >= 1, got {self.guidance}")
+        check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.n is None or 1 <= self.n <= 10_000, f"n must be in 1..10000, got {self.n}")
+        check(self.sampler is None or self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        check(self.guidance is None or self.guidance >= 1.0, f"guidance must be >= 1, got {self.guidance}")
+
+    def resolve(self, latents_meta: dict[str, str] | None = None, n_latents: int | None = None) -> "GenerateConfig":
+        """Fill unset sampling settings from a --latents file (so its images reproduce), else defaults."""
+        m = latents_meta or {}
+        return dataclasses.replace(
+            self,
+            steps=self.steps or int(m.get("steps", 25)),
+            guidance=self.guidance or float(m.get("guidance", 7.5)),
+            sampler=self.sampler or m.get("sampler", "ddim"),
+            n=min(self.n or n_latents or 4, n_latents or 10_000),
+        )
 
 
 def _slug(text: str) -> str:
@@ -102,15 +116,21 @@ def run_generate(cfg: GenerateConfig) -> list[Path]:
 
     pipe = load_pipeline(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     apply_concepts(pipe, cfg.concept)
-    latents = None
+    latents, lat_meta = None, None
     if cfg.latents:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            latents = load_file(cfg.latents)["latents"]
+            with safe_open(cfg.latents, "pt") as f:
+                latents, lat_meta = f.get_tensor("latents"), f.metadata() or {}
         except Exception:
             raise PersonifyError(f"{cfg.latents}: not a latents file with a 'latents' tensor; use one written by personify seedselect") from None
-        cfg.n = min(cfg.n, len(latents))
+        want = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != want:
+            raise PersonifyError(f"{cfg.latents}: latents of shape {tuple(latents.shape[1:])} do not fit this model's {want}; use the model they were made with")
+        if lat_meta.get("model_hash") and lat_meta["model_hash"] != pipe.personify_base_hash:
+            warnings.warn(f"{cfg.latents}: made with model {lat_meta['model_hash']}, not {pipe.personify_base_hash}; images will differ")
+    cfg = cfg.resolve(lat_meta, None if latents is None else len(latents))
     seeds = [cfg.seed + i for i in range(cfg.n)]
     with torch.no_grad():
         images = generate_images(pipe, [cfg.prompt] * cfg.n, seeds, cfg.steps, cfg.guidance, cfg.sampler, latents=latents)
