@@ -17,6 +17,8 @@ import torch
 import personify
 from personify.artifact import read_concept
 
+from conftest import assert_same_training, fraction_different
+
 HERE = Path(__file__).parent
 
 
@@ -41,12 +43,6 @@ def test_two_processes_match_one(subject_dir, tmp_path):
         "dreambooth", images=subject_dir, out=str(tmp_path / "one"), model="tiny", class_word="dog", num_class_images=2,
         steps=3, batch_size=2, resolution=32, progress=False, save_precision="fp32", learning_rate=1e-3,
     ))
-    base = personify.load_pipeline("tiny").unet.state_dict()
-    moved = 0.0
-    # Adam divides by sqrt(v): a gradient of ~1e-12 whose last bits differ between summation orders
-    # can move its weight by ~lr·1e-2, so the tolerance is absolute and far below the training motion.
-    atol = 1e-4
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=atol, msg=k)
-        moved = max(moved, (one[k] - base[k.removeprefix("unet.")]).abs().max().item())
-    assert moved > 10 * atol  # training moved the weights far more than the tolerance
+    assert_same_training(one, two, lr=1e-3, steps=3)
+    base = {f"unet.{k}": v for k, v in personify.load_pipeline("tiny").unet.state_dict().items()}
+    assert fraction_different(one, base) > 0.5  # training moved most weights: the agreement is not vacuous

@@ -8,6 +8,8 @@ import personify
 from personify.artifact import read_concept
 from personify.training.checkpoint import list_checkpoints
 
+from conftest import assert_same_training, fraction_different
+
 BASE = {"model": "tiny", "resolution": 32, "progress": False, "save_precision": "fp32", "class_word": "dog",
         "prior_weight": 0.0, "learning_rate": 1e-3}
 
@@ -17,9 +19,8 @@ def test_accumulation_equals_bigger_batch(subject_dir, tmp_path):
     b = read_concept(personify.train("dreambooth", images=subject_dir, out=str(tmp_path / "b"), steps=2, batch_size=1,
                                      gradient_accumulation=2, **BASE))[0]
     c = read_concept(personify.train("dreambooth", images=subject_dir, out=str(tmp_path / "c"), steps=2, batch_size=1, **BASE))[0]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=k)
-    assert any((a[k] - c[k]).abs().max() > 1e-3 for k in a)  # a different global batch is visibly different
+    assert_same_training(a, b, lr=BASE["learning_rate"], steps=2)
+    assert fraction_different(a, c) > 0.1  # a different global batch changes most weights
 
 
 def test_samples_logs_and_pruning(subject_dir, tmp_path):
