@@ -1,0 +1,195 @@
+"""Model builders for the mini Stable Diffusion stack and its evaluators.
+
+Everything except the classifier is a stock ``transformers`` / ``diffusers`` class, so the saved
+folders load with ``from_pretrained`` and no personify code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ClipConfig, EvaluatorsConfig, UnetConfig, VaeConfig
+
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "clip_tokenizer"
+BOS_ID, EOS_ID = 49406, 49407  # OpenAI CLIP BPE special tokens (pad = eos, as in SD 1.x)
+VOCAB_SIZE = 49408
+
+
+def build_tokenizer(max_length: int = 32):
+    """OpenAI CLIP BPE tokenizer (real 49,408-token vocabulary) truncated/padded to ``max_length``."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        str(TOKENIZER_DIR / "vocab.json"),
+        str(TOKENIZER_DIR / "merges.txt"),
+        model_max_length=max_length,
+        pad_token="<|endoftext|>",
+    )
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids (N, model_max_length), padded with EOS exactly as the SD pipeline does."""
+    return tokenizer(
+        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def clip_config(max_length: int, text_hidden: int, text_layers: int, text_heads: int, vision_hidden: int,
+                vision_layers: int, vision_heads: int, patch_size: int, image_size: int, projection_dim: int):
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=text_hidden, intermediate_size=4 * text_hidden,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, max_position_embeddings=max_length,
+        projection_dim=projection_dim, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+        hidden_act="quick_gelu",
+    )
+    vision = dict(
+        hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
+        projection_dim=projection_dim, hidden_act="quick_gelu",
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def build_clip(cfg: ClipConfig):
+    from transformers import CLIPModel
+
+    return CLIPModel(clip_config(cfg.max_length, cfg.text_hidden, cfg.text_layers, cfg.text_heads, cfg.vision_hidden,
+                                 cfg.vision_layers, cfg.vision_heads, cfg.patch_size, cfg.image_size, cfg.projection_dim))
+
+
+def build_eval_clip(cfg: EvaluatorsConfig):
+    from transformers import CLIPModel
+
+    h, n = cfg.clip_hidden, cfg.clip_layers
+    return CLIPModel(clip_config(cfg.clip_max_length, h, n, 4, h, n, 4, 8, 64, h))
+
+
+def build_vae(cfg: VaeConfig, scaling_factor: float = 1.0):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.image_size, scaling_factor=scaling_factor,
+    )
+
+
+def build_unet(cfg: UnetConfig, cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.block_out_channels)
+    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    return UNet2DConditionModel(
+        sample_size=cfg.latent_size, in_channels=4, out_channels=4,
+        down_block_types=down, up_block_types=up, block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=cfg.attention_heads, norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_train_scheduler(cfg: UnetConfig):
+    """DDPM training scheduler, epsilon prediction (the SD recipe)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=False,
+    )
+
+
+def build_inference_scheduler(cfg: UnetConfig):
+    """The shipped scheduler: DDIM with the training betas (config is Euler/PNDM/DPM-compatible via from_config)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1, timestep_spacing="leading",
+    )
+
+
+def build_dino_vit(cfg: EvaluatorsConfig):
+    """Small ViT backbone (transformers ViTModel) for the DINO evaluator; features = CLS token."""
+    from transformers import ViTConfig, ViTModel
+
+    conf = ViTConfig(
+        image_size=64, patch_size=8, num_channels=3, hidden_size=cfg.dino_hidden, num_hidden_layers=cfg.dino_layers,
+        num_attention_heads=4, intermediate_size=4 * cfg.dino_hidden, qkv_bias=True,
+    )
+    return ViTModel(conf, add_pooling_layer=False)
+
+
+class DinoHead(nn.Module):
+    """DINO projection head: 3-layer MLP -> L2-normalised bottleneck -> weight-normalised prototypes."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, bottleneck: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+        self.last.parametrizations.weight.original0.data.fill_(1.0)
+        self.last.parametrizations.weight.original0.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(nn.functional.normalize(self.mlp(x), dim=-1))
+
+
+class MiniClassifier(nn.Module):
+    """Small CNN over the pretraining classes. Input: CLIP-normalised 64x64 RGB; output: logits.
+
+    Saved as ``model.safetensors`` + ``config.json`` (``save_pretrained`` / ``from_pretrained``).
+    """
+
+    def __init__(self, num_classes: int, width: int = 32, class_names: list[str] | None = None):
+        super().__init__()
+        self.config = {"num_classes": int(num_classes), "width": int(width), "class_names": list(class_names or []),
+                       "input": "64x64 RGB, (x/255 - CLIP_MEAN)/CLIP_STD, NCHW", "architecture": "MiniClassifier"}
+        w = width
+
+        def blk(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(blk(3, w), nn.MaxPool2d(2), blk(w, 2 * w), nn.MaxPool2d(2), blk(2 * w, 4 * w),
+                                      nn.MaxPool2d(2), blk(4 * w, 8 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8 * w, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+              for k, v in self.state_dict().items()}
+        save_file(sd, str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(self.config, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "MiniClassifier":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        conf = json.loads((path / "config.json").read_text())
+        model = cls(conf["num_classes"], conf.get("width", 32), conf.get("class_names"))
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path / "model.safetensors")).items()}
+        model.load_state_dict(sd)
+        return model.eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,196 @@
+"""Tests of the embedded mini Stable Diffusion (personify.mini): builders, one step per stage,
+bitwise checkpoint-resume, export -> StableDiffusionPipeline.from_pretrained round trip.
+
+Everything runs on a tiny synthetic world and tiny architectures (no network, CPU, < 30 s).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from personify.mini import models as M
+from personify.mini.config import ClipConfig, EvaluatorsConfig, UnetConfig, VaeConfig
+from personify.mini.data import load_split, make_synthetic_world
+
+TINY_CLIP = dict(text_hidden=32, text_layers=1, text_heads=2, vision_hidden=32, vision_layers=1, vision_heads=2,
+                 projection_dim=32, max_length=16)
+TINY_VAE = dict(block_out_channels=(8, 8, 16, 16), norm_num_groups=8, scale_samples=32)
+TINY_UNET = dict(block_out_channels=(32, 32), norm_num_groups=8, attention_heads=2)
+TINY_EVAL = dict(clip_hidden=32, clip_layers=1, dino_hidden=32, dino_layers=1, dino_out_dim=64, dino_batch_size=4,
+                 dino_local_crops=2)
+COMMON = dict(batch_size=8, log_every=1, warmup_steps=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_synthetic_world(tmp_path_factory.mktemp("world"), n_per_split=40)
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """clip -> vae -> unet, two steps each, on the synthetic world."""
+    from personify.mini.train import main
+
+    root = tmp_path_factory.mktemp("run")
+    kw = dict(run_root=str(root), world_dir=str(world), max_steps=2, **COMMON)
+    status = {
+        "clip": main(ClipConfig(**kw, **TINY_CLIP)),
+        "vae": main(VaeConfig(**kw, **TINY_VAE)),
+        "unet": main(UnetConfig(**kw, **TINY_UNET)),
+    }
+    return root, status
+
+
+# ------------------------------------------------------------------------------------------
+def test_config_validation():
+    with pytest.raises(ValueError):
+        VaeConfig(block_out_channels=(32, 64, 128))  # factor 4, not 8
+    with pytest.raises(ValueError):
+        UnetConfig(cond_dropout=1.5)
+    with pytest.raises(ValueError):
+        EvaluatorsConfig(split="gen_train")  # evaluators never see the generator's data
+    with pytest.raises(ValueError):
+        ClipConfig(batch_size=1)
+    with pytest.raises(ValueError):
+        ClipConfig(split="nope")
+    assert VaeConfig(block_out_channels=[32, 64, 128, 128]).block_out_channels == (32, 64, 128, 128)
+
+
+def test_data_contract(world):
+    d = load_split(world, "gen_train")
+    assert d.images.dtype == np.uint8 and d.images.shape[1:] == (64, 64, 3)
+    assert len(d.captions) == len(d.images) == len(d.class_id)
+    assert d.num_classes == len(d.meta["classes"])
+    with pytest.raises(FileNotFoundError):
+        load_split(world / "missing", "gen_train")
+
+
+def test_tokenizer_is_openai_bpe():
+    tok = M.build_tokenizer(32)
+    assert len(tok) == 49408 and tok.model_max_length == 32
+    ids = M.tokenize(tok, ["a red circle", ""])
+    assert ids.shape == (2, 32)
+    assert ids[0, 0].item() == M.BOS_ID and ids[1, 1].item() == M.EOS_ID
+    assert tok.convert_ids_to_tokens(int(ids[0, 2])) == "red</w>"
+
+
+def test_builders_declared_shapes():
+    torch.manual_seed(0)
+    clip = M.build_clip(ClipConfig(**TINY_CLIP))
+    ids = M.tokenize(M.build_tokenizer(16), ["a cat", "a dog"])
+    out = clip(input_ids=ids, pixel_values=torch.randn(2, 3, 64, 64))
+    assert out.text_model_output.last_hidden_state.shape == (2, 16, 32)
+    assert out.logits_per_image.shape == (2, 2)
+
+    vae = M.build_vae(VaeConfig(**TINY_VAE))
+    z = vae.encode(torch.randn(2, 3, 64, 64)).latent_dist.sample()
+    assert z.shape == (2, 4, 8, 8)  # SD's downsampling factor 8
+    assert vae.decode(z).sample.shape == (2, 3, 64, 64)
+
+    unet = M.build_unet(UnetConfig(**TINY_UNET), cross_attention_dim=32)
+    eps = unet(z, torch.tensor([1, 999]), encoder_hidden_states=torch.randn(2, 16, 32)).sample
+    assert eps.shape == z.shape
+
+    # shipped default sizes: UNet within the 3-9 M budget, VAE factor 8
+    n = M.count_params(M.build_unet(UnetConfig(), cross_attention_dim=ClipConfig().text_hidden))
+    assert 3e6 <= n <= 9e6, n
+    assert len(VaeConfig().block_out_channels) == 4
+
+    cls = M.MiniClassifier(7, width=8)
+    assert cls(torch.randn(3, 3, 64, 64)).shape == (3, 7)
+
+
+def test_one_step_each_stage_finite(trained, world, tmp_path):
+    root, status = trained
+    for stage in ("clip", "vae", "unet"):
+        assert status[stage]["done"] and status[stage]["step"] == 2
+        rows = (root / stage / "log.csv").read_text().strip().splitlines()
+        assert len(rows) == 3  # header + 2 steps
+        header = rows[0].split(",")
+        loss = float(rows[-1].split(",")[header.index("loss")])
+        assert np.isfinite(loss) and 0 < loss < 100
+        assert (root / stage / "model" / "config.json").exists()
+        assert list((root / stage / "tb").iterdir())
+    sf = json.loads((root / "vae" / "model" / "config.json").read_text())["scaling_factor"]
+    assert sf == pytest.approx(status["vae"]["scaling_factor"]) and sf > 0 and sf != 1.0
+    assert (root / "unet" / "samples" / "latest.png").exists()
+
+    from personify.mini.train import main
+
+    ev = main(EvaluatorsConfig(run_root=str(tmp_path), world_dir=str(world), clip_steps=2, dino_steps=2,
+                               classifier_steps=2, **COMMON, **TINY_EVAL))
+    for name in ("clip", "dino", "classifier"):
+        assert ev[name]["done"], ev
+        assert (tmp_path / "evaluators" / name / "model" / "config.json").exists()
+    assert 0 <= ev["classifier"]["val_acc"] <= 1 and 0 <= ev["dino"]["val_knn1_class_acc"] <= 1
+
+
+def _state(path):
+    return torch.load(path, weights_only=False)["state"]
+
+
+def _assert_same(a, b, prefix=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), prefix
+        for k in a:
+            _assert_same(a[k], b[k], f"{prefix}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{prefix} differs"
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{prefix}[{i}]")
+    else:
+        assert a == b, prefix
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet"])
+def test_resume_is_bitwise_identical(stage, trained, world, tmp_path):
+    from personify.mini.train import main
+
+    root, _ = trained
+
+    def cfg(run_root, steps):
+        kw = dict(run_root=str(run_root), world_dir=str(world), max_steps=steps, **COMMON)
+        if stage == "vae":
+            return VaeConfig(**kw, **TINY_VAE)
+        return UnetConfig(**kw, **TINY_UNET, clip_dir=str(root / "clip" / "model"), vae_dir=str(root / "vae" / "model"))
+
+    main(cfg(tmp_path / "a", 4))  # uninterrupted
+    main(cfg(tmp_path / "b", 2))  # interrupted after 2 steps ...
+    main(cfg(tmp_path / "b", 4))  # ... and resumed
+    a, b = _state(tmp_path / "a" / stage / "checkpoint.pt"), _state(tmp_path / "b" / stage / "checkpoint.pt")
+    _assert_same(a, b)
+    rows = (tmp_path / "b" / stage / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    # and the check can fail: one more step changes the weights
+    main(cfg(tmp_path / "b", 5))
+    with pytest.raises(AssertionError):
+        _assert_same(a, _state(tmp_path / "b" / stage / "checkpoint.pt"))
+
+
+def test_export_roundtrip(trained, tmp_path):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    from safetensors import safe_open
+
+    from personify.mini.export import export_pipeline, verify_pipeline
+
+    root, _ = trained
+    out = export_pipeline(root, tmp_path / "mini-sd")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (out / sub).is_dir(), sub
+    with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    img = verify_pipeline(out, prompt="a red circle on a white background", steps=3)
+    assert img.size == (64, 64)
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings == 16
+    EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # compatible config
+    vae_sf = json.loads((root / "vae" / "model" / "config.json").read_text())["scaling_factor"]
+    assert pipe.vae.config.scaling_factor == pytest.approx(vae_sf)
