@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from typing import Any
@@ -25,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", help="text prompt")
     g.add_argument("--config", help="YAML/TOML file with a 'generate:' section")
     add_arguments(g, GenerateConfig, skip=("prompt",))
+    # In-context generation (SuTI): `--demos DIR` switches to the apprentice; its extra flags.
+    from .incontext.generate import DemosConfig
+
+    shared = {f.name for f in dataclasses.fields(GenerateConfig)}
+    add_arguments(g, DemosConfig, skip=tuple(shared))
     t = sub.add_parser("train", help="train a concept (see 'personify methods')", add_help=False)
     t.add_argument("--method", required=True)
     t.add_argument("--config", help="YAML/TOML file with 'train:' and 'method:' sections")
@@ -54,6 +60,8 @@ SIMPLE = {
               "personify.methods.custom_diffusion:MergeConfig", "personify.methods.custom_diffusion:main"),
     "seedselect": ("optimize initial noise toward 3-5 reference images (SeedSelect); writes images + latents",
                    "personify.seedselect:SeedSelectConfig", "personify.seedselect:main"),
+    "incontext train": ("train the in-context apprentice (SuTI) on subject clusters of the mini world",
+                        "personify.incontext.train:ApprenticeTrainConfig", "personify.incontext.train:main"),
     "world build": ("fetch the emoji packages (npm) and render the mini model's scenes (one-time)",
                     "personify.world:WorldConfig", "personify.world:main"),
 }
@@ -96,6 +104,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import GenerateConfig, run_generate
 
     section = load_file(args.config).get("generate", {}) if args.config else {}
+    if getattr(args, "demos", None):
+        from .incontext.generate import DemosConfig, main as demos_main
+
+        cfg = _layered(DemosConfig, section, args, args.config or "command line", {"prompt": args.prompt})
+        paths = demos_main(cfg)
+        print(f"wrote {len(paths)} image(s) to {paths[0].parent}")
+        return 0
+    keep = {f.name for f in dataclasses.fields(GenerateConfig)}
+    args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in keep or k in ("config", "prompt", "command")})
     cfg = _layered(GenerateConfig, section, args, args.config or "command line", {"prompt": args.prompt})
     paths = run_generate(cfg)
     print(f"wrote {len(paths)} image(s) and contact_sheet.png to {paths[0].parent}")

@@ -1,0 +1,91 @@
+"""Apprenticeship clusters from the mini emoji world: one subject (one emoji sprite) per cluster.
+
+A cluster = K demonstrations (the sprite rendered into K different backgrounds, with captions) and one
+target (the same sprite in a further, different background, with its caption). Renders use the
+world's own pieces (`world.render.scaled/place/composite`, `world.backgrounds.BACKGROUNDS`,
+`world.captions`), so demos and targets look like the pretraining scenes. Only the pretraining
+families are used: the sprite cache (`sprites-v2.npz`) holds Noto + Twemoji only, and any sprite of
+the held-out family id is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PersonifyError
+
+
+@dataclass
+class Cluster:
+    demo_images: np.ndarray  # (K, 64, 64, 3) uint8
+    demo_captions: list[str]
+    target_image: np.ndarray  # (64, 64, 3) uint8
+    target_caption: str
+    sprite: int  # index into the sprite bank
+    word: str  # class word
+    backgrounds: list[int]  # K demo background ids, then the target's
+
+
+def render_sprite(rng: np.random.Generator, sprite: np.ndarray, word: str, bg_id: int) -> tuple[np.ndarray, str]:
+    """One trimmed RGBA sprite (h, w, 4) uint8 into background `bg_id` (-1: plain) -> (64,64,3) uint8, caption."""
+    from ..world.backgrounds import BACKGROUNDS
+    from ..world.captions import caption, noun_phrase
+    from ..world.render import PLAIN_COLOURS, SIZE_ONE, composite, place, scaled
+
+    bg = None if bg_id < 0 else BACKGROUNDS[bg_id]
+    if bg is None:
+        col = PLAIN_COLOURS[rng.integers(len(PLAIN_COLOURS))]
+        canvas = np.broadcast_to(col - 0.04 * np.linspace(0, 1, 64, dtype=np.float32)[:, None, None], (64, 64, 3)).copy()
+    else:
+        canvas = bg.paint(rng).astype(np.float32)
+    floor = bg.floor if bg is not None else (0.45, 1.0)
+    s = scaled(sprite, rng.uniform(*SIZE_ONE))
+    h, w = s.shape[:2]
+    x, y = place(rng, h, w, floor, 0, 64)
+    composite(canvas, s, x, y)
+    text = caption(rng, noun_phrase(word), word, bg, None)
+    return np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8), text
+
+
+class SpriteClusters:
+    """Deterministic cluster sampler over the pretraining sprites: `clusters[i]` is the same every time."""
+
+    def __init__(self, cache_dir: str | Path | None = None, n_demos: int = 3, seed: int = 0, sprites=None):
+        from ..world.fetch import HELDOUT_FAMILY
+        from ..world.render import trim
+
+        if sprites is None:
+            from ..world.config import WorldConfig
+            from ..world.fetch import sprites_path
+
+            cache = Path(cache_dir) if cache_dir else WorldConfig().cache_dir
+            path = sprites_path(cache)
+            if not path.is_file():
+                raise PersonifyError(f"{path}: sprite cache missing; run `personify world build` first")
+            with np.load(path) as z:
+                sprites = {k: z[k] for k in ("rgba", "word", "family")}
+        fam = np.asarray(sprites["family"])
+        keep = np.nonzero(fam != HELDOUT_FAMILY[0])[0]  # never the held-out Fluent family
+        if len(keep) == 0:
+            raise PersonifyError("no pretraining-family sprites in the sprite cache")
+        self.index = keep
+        self.rgba = sprites["rgba"]
+        self.words = [str(w) for w in sprites["word"]]
+        self.family = fam
+        self._trim = trim
+        self.n_demos, self.seed = int(n_demos), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Cluster:
+        from ..world.backgrounds import BACKGROUNDS
+
+        rng = np.random.default_rng([self.seed, int(i)])
+        idx = int(self.index[i % len(self.index)])
+        sprite = self._trim(self.rgba[idx])
+        bgs = [int(b) for b in rng.choice(np.arange(-1, len(BACKGROUNDS)), size=self.n_demos + 1, replace=False)]
+        imgs, caps = zip(*(render_sprite(rng, sprite, self.words[idx], b) for b in bgs))
+        return Cluster(np.stack(imgs[:-1]), list(caps[:-1]), imgs[-1], caps[-1], idx, self.words[idx], bgs)

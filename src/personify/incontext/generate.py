@@ -1,0 +1,196 @@
+"""Generation from demonstrations: `generate_with_demos` and `personify generate --demos DIR`."""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import check
+from ..errors import PersonifyError
+from ..sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_scheduler, sample
+from .model import Apprentice, DemoContext
+
+MIN_DEMOS, MAX_DEMOS = 2, 8
+CONSISTENCY_THRESHOLD = 0.6  # mean pairwise CLIP image cosine below this -> "different subjects?" warning
+ADAPTER_FORMAT = "personify.apprentice/1"
+
+
+def check_demo_count(n: int) -> None:
+    if n < MIN_DEMOS:
+        raise PersonifyError(f"{n} demonstration image(s): the apprentice needs {MIN_DEMOS}-{MAX_DEMOS} photos of the subject; add more")
+    if n > MAX_DEMOS:
+        raise PersonifyError(f"{n} demonstration images: the apprentice reads at most {MAX_DEMOS}; pass the {MAX_DEMOS} most varied ones")
+
+
+def _pil_to_unit(images: list[Image.Image], size: int) -> torch.Tensor:
+    from ..data.images import resize_crop, to_rgb
+
+    arr = [np.asarray(resize_crop(to_rgb(im), size), np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2)  # (K, 3, H, W) in [0, 1]
+
+
+@torch.no_grad()
+def demo_consistency(images: list[Image.Image], clip, threshold: float = CONSISTENCY_THRESHOLD, warn: bool = True) -> float:
+    """Mean pairwise CLIP image cosine similarity among the demos; warns below `threshold`.
+
+    `clip`: an `evaluation.encoders.CLIPEncoder` (anything with `.image((B,3,H,W) in [0,1]) -> (B,D)`
+    L2-normalised). The threshold suits real CLIP ViT-B/32 photos of one object (~0.75-0.9 typical);
+    other encoders need their own threshold."""
+    x = _pil_to_unit(images, 224 if min(images[0].size) >= 224 else min(images[0].size))
+    e = clip.image(x.to(next(clip.parameters()).device)).float()
+    sims = [float(e[i] @ e[j]) for i, j in combinations(range(len(e)), 2)]
+    score = float(np.mean(sims)) if sims else 1.0
+    if warn and score < threshold:
+        warnings.warn(f"demonstrations look like different subjects (mean pairwise CLIP similarity {score:.2f} < {threshold:.2f}); "
+                      "use 2-8 photos of one subject")
+    return score
+
+
+def load_apprentice(pipe, state, **kw) -> Apprentice:
+    """`state`: an Apprentice already on `pipe.unet`, a dict of adapter tensors, or a `.safetensors` path."""
+    if isinstance(state, Apprentice):
+        if state.unet is not pipe.unet:
+            raise PersonifyError("the apprentice was built on a different UNet than this pipeline's")
+        return state
+    meta: dict = {}
+    unet_file = None
+    if isinstance(state, (str, Path)):
+        from safetensors import safe_open
+
+        p = Path(state).expanduser()
+        if not p.is_file():
+            raise PersonifyError(f"{p}: apprentice weights not found; train them with `personify incontext train`")
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("personify", "{}"))
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise PersonifyError(f"{p}: not an apprentice weights file ({str(e)[:80]})") from None
+        if meta.get("format") != ADAPTER_FORMAT:
+            raise PersonifyError(f"{p}: not an apprentice weights file (format {meta.get('format')!r})")
+        if meta.get("base_model_hash") and meta["base_model_hash"] != getattr(pipe, "personify_base_hash", meta["base_model_hash"]):
+            raise PersonifyError(f"{p}: trained on base model {meta['base_model_hash']}, not this one; use the model it was trained on")
+        if meta.get("unet_file"):  # trained with the whole UNet unfrozen: its UNet comes along
+            unet_file = p.with_name(meta["unet_file"])
+            if not unet_file.is_file():
+                raise PersonifyError(f"{p}: needs its tuned UNet {unet_file.name} beside it; copy both files together")
+    kw.setdefault("t_demo", int(meta.get("t_demo", 50)))
+    kw.setdefault("demo_noise_seed", int(meta.get("demo_noise_seed", 0)))
+    app = getattr(pipe, "personify_apprentice", None)
+    if app is None:
+        app = Apprentice(pipe.unet, pipe.scheduler.alphas_cumprod, **kw)
+        pipe.personify_apprentice = app
+    app.load_adapter_state_dict(state)
+    if unet_file is not None:
+        from safetensors.torch import load_file
+
+        missing, unexpected = pipe.unet.load_state_dict(load_file(str(unet_file)), strict=False)
+        if missing or unexpected:
+            raise PersonifyError(f"{unet_file}: UNet weights do not fit this model; use the base model it was trained on")
+    return app
+
+
+@torch.no_grad()
+def encode_demo_images(pipe, apprentice: Apprentice, demo_images: list[Image.Image], demo_captions: list[str]) -> DemoContext:
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    px = _pil_to_unit(demo_images, size) * 2 - 1
+    vae = pipe.vae
+    z = vae.encode(px.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    text = encode_prompts(pipe.tokenizer, pipe.text_encoder, list(demo_captions))
+    return apprentice.encode_demos(z, text)
+
+
+def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], demo_captions: list[str], prompt: str,
+                        n: int = 4, seed: int = 0, steps: int = 25, guidance: float = 7.5, sampler: str = "ddim",
+                        clip=None, consistency_threshold: float = CONSISTENCY_THRESHOLD, negative_prompt: str = "") -> list[Image.Image]:
+    """Generate `n` images of the demonstrated subject for `prompt`, in one sampling run, no tuning.
+
+    2-8 demos (else PersonifyError); with `clip` given, a consistency check warns when the demos look
+    like different subjects. CFG: both branches see the demos (as in SuTI); only the text differs."""
+    check_demo_count(len(demo_images))
+    if len(demo_captions) != len(demo_images):
+        raise PersonifyError(f"{len(demo_images)} demo images but {len(demo_captions)} captions; give one caption per image")
+    if clip is not None:
+        demo_consistency(demo_images, clip, consistency_threshold)
+    from ..generate import initial_noise
+
+    app = load_apprentice(pipe, apprentice_state)
+    ctx = encode_demo_images(pipe, app, demo_images, demo_captions)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    dev, dtype = pipe.unet.device, pipe.unet.dtype
+    with torch.no_grad():
+        x = torch.cat([initial_noise(pipe, seed + i, size, size) for i in range(n)]).to(dev, dtype)
+        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt] * n).to(dtype)
+        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt]).to(dtype)
+        model = cfg_denoiser(app.denoiser(ctx), uncond, guidance)
+        z0 = sample(model, x, cond, make_scheduler(sampler, pipe.scheduler), steps)
+        imgs = decode(pipe.vae, z0.to(pipe.vae.dtype))
+    arr = (imgs.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]
+
+
+@dataclass
+class DemosConfig:
+    prompt: str = field(default="", metadata={"help": "text prompt; '[class]' is replaced by --class-word", "cli": False})
+    demos: str = field(default="", metadata={"help": "folder with 2-8 photos of one subject (optional name.txt captions)"})
+    apprentice: str = field(default="", metadata={"help": "apprentice weights (.safetensors from personify incontext train)"})
+    model: str = field(default="mini", metadata={"help": "base model the apprentice was trained on"})
+    class_word: str = field(default="", metadata={"help": "subject class word for '[class]' and default demo captions"})
+    seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed+i"})
+    steps: int = field(default=25, metadata={"help": "sampling steps"})
+    guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale (both branches see the demos)"})
+    sampler: str = field(default="ddim", metadata={"help": f"one of {', '.join(SAMPLERS)}"})
+    n: int = field(default=4, metadata={"help": "number of images"})
+    out: str = field(default="out", metadata={"help": "output folder"})
+    clip: str | None = field(default=None, metadata={"help": "local CLIP folder for the demo consistency check (skipped if unset)"})
+    consistency_threshold: float = field(default=CONSISTENCY_THRESHOLD, metadata={"help": "warn when mean pairwise CLIP similarity of demos is below this"})
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(1 <= self.n <= 10_000, f"n must be in 1..10000, got {self.n}")
+        check(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        check(self.guidance >= 1.0, f"guidance must be >= 1, got {self.guidance}")
+        check(-1.0 <= self.consistency_threshold <= 1.0, f"consistency_threshold must be in [-1, 1], got {self.consistency_threshold}")
+
+
+def main(cfg: DemosConfig) -> list[Path]:
+    """Write one PNG + JSON sidecar per image; return the image paths."""
+    from ..data.dataset import SubjectImages
+    from ..models import load_pipeline
+
+    if not cfg.demos:
+        raise PersonifyError("--demos is required: a folder with 2-8 photos of the subject")
+    if not cfg.apprentice:
+        raise PersonifyError("--apprentice is required: weights from `personify incontext train`")
+    pipe = load_pipeline(cfg.model)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    subj = SubjectImages(cfg.demos, size, subject=False)
+    check_demo_count(len(subj))
+    word = cfg.class_word or "object"
+    captions = [it.caption or f"a photo of a {word}" for it in subj.items]
+    prompt = cfg.prompt.replace("[class]", word)
+    clip = None
+    if cfg.clip:
+        from ..evaluation.encoders import load_clip
+
+        clip = load_clip(cfg.clip)
+    images = generate_with_demos(pipe, cfg.apprentice, [it.image for it in subj.items], captions, prompt, cfg.n, cfg.seed,
+                                 cfg.steps, cfg.guidance, cfg.sampler, clip=clip, consistency_threshold=cfg.consistency_threshold)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        p = out / f"demos-{cfg.seed + i:06d}.png"
+        img.save(p)
+        side = {"prompt": prompt, "seed": cfg.seed + i, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash,
+                "apprentice": cfg.apprentice, "demos": [str(it.path) for it in subj.items], "demo_captions": captions,
+                "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance}
+        p.with_suffix(".json").write_text(json.dumps(side, indent=1))
+        paths.append(p)
+    return paths
