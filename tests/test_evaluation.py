@@ -85,3 +85,15 @@ def test_eval_command_writes_report(tmp_path, monkeypatch):
 def test_missing_evaluator_weights(tmp_path, capsys):
     code = main(["eval", "--concept", "x.safetensors", "--subject", "dog", "--clip", str(tmp_path / "none"), "--dino", str(tmp_path / "none")])
     assert code == 2 and "--clip" in capsys.readouterr().err
+
+
+def test_frechet_distance():
+    import numpy as np
+
+    from personify.evaluation.mini_quality import frechet
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3))
+    assert frechet(a, b) < 0.02
+    assert frechet(a, b + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=0.1)  # |Δμ|² with equal covariances

@@ -1,0 +1,161 @@
+"""Quality of the embedded mini model, measured with the separately trained evaluators.
+
+    python -m personify.evaluation.mini_quality --model mini --out docs/img
+
+- class fidelity: "a photo of a {class}" for the 50 most frequent classes, top-1 of the evaluator
+  classifier; its ceiling is the same classifier on real test renders of those classes;
+- background and style words obeyed: zero-shot CLIP-evaluator choice among all background (style)
+  phrases for images generated with one of them; the ceiling is the same on real test renders;
+- Fréchet distance between generated and real test renders in the DINO evaluator's feature space
+  (Heusel et al. 2017, Eq. 6, with DINO features instead of Inception);
+- sampling speed in images/s (25 DDIM steps with guidance, batch 16).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..generate import contact_sheet, generate_images
+from .dreambench import Evaluator
+from .run import default_evaluator_path
+
+CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+
+
+def load_classifier(path: Path):
+    from ..mini.models import MiniClassifier
+
+    return MiniClassifier.from_pretrained(path).float().eval()
+
+
+def _u8(images) -> torch.Tensor:
+    """PIL list or uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    if isinstance(images, list):
+        images = np.stack([np.asarray(im.convert("RGB")) for im in images])
+    return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def classify(clf, x01: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([clf((x01[i : i + batch] - CLIP_MEAN) / CLIP_STD).argmax(-1) for i in range(0, len(x01), batch)])
+
+
+@torch.no_grad()
+def zero_shot(ev: Evaluator, x01: torch.Tensor, prompts: list[str], batch: int = 256) -> torch.Tensor:
+    text = ev.text(prompts)  # (K, D)
+    return torch.cat([(ev.clip.image(x01[i : i + batch]) @ text.T).argmax(-1) for i in range(0, len(x01), batch)])
+
+
+@torch.no_grad()
+def features(ev: Evaluator, x01: torch.Tensor, batch: int = 256) -> np.ndarray:
+    return torch.cat([ev.dino.image(x01[i : i + batch]) for i in range(0, len(x01), batch)]).double().numpy()
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    covmean = (covmean[0] if isinstance(covmean, tuple) else covmean).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, fd_n: int = 1000, seed: int = 0, out: Path | None = None,
+            evaluators: Path | None = None) -> dict:
+    from .. import load_pipeline
+    from ..evaluation.encoders import load_clip, load_dino
+    from ..world import load_meta, load_split
+    from ..world.backgrounds import BACKGROUNDS
+    from ..world.captions import STYLE_PREFIX
+
+    pipe = load_pipeline(model)
+    root = Path(evaluators) if evaluators else default_evaluator_path("clip").parent
+    ev = Evaluator(load_clip(root / "clip"), load_dino(root / "dino"))
+    clf = load_classifier(root / "classifier")
+    meta = load_meta()
+    classes = meta["classes"]
+    test = load_split("test")
+    rng = np.random.default_rng(seed)
+    res: dict = {"model": model}
+
+    # Sampling speed first, on a warm model.
+    generate_images(pipe, ["a photo of a dog"] * 2, [0, 1], steps=25)
+    t0 = time.time()
+    generate_images(pipe, ["a photo of a cat"] * 16, list(range(16)), steps=25)
+    res["images_per_s"] = 16 / (time.time() - t0)
+
+    head = meta["head"][:50]
+    prompts = [f"a photo of a {c}" for c in head for _ in range(per_class)]
+    imgs = generate_images(pipe, prompts, [seed + i for i in range(len(prompts))], steps=25)
+    pred = classify(clf, _u8(imgs))
+    target = torch.tensor([classes.index(c) for c in head for _ in range(per_class)])
+    res["head50_top1"] = float((pred == target).float().mean())
+    mask = np.isin(test["class_id"], [classes.index(c) for c in head])
+    real = _u8(test["images"][mask][:5000])
+    res["head50_top1_real_ceiling"] = float((classify(clf, real) == torch.from_numpy(test["class_id"][mask][:5000]).long()).float().mean())
+    if out:
+        contact_sheet(imgs[:: per_class][:50], cols=10).save(Path(out) / "mini_head50.png")
+
+    # Backgrounds: generate with each phrase, choose among all phrases zero-shot.
+    bgs = [b for b in BACKGROUNDS if b.name in meta["backgrounds"]]
+    bg_prompts = [f"a photo of something {b.phrase}" for b in bgs]
+    cls_pick = [head[i % 10] for i in range(per_background)]
+    gen = [f"a photo of a {c} {b.phrase}" for b in bgs for c in cls_pick]
+    imgs_bg = generate_images(pipe, gen, [seed + i for i in range(len(gen))], steps=25)
+    truth = torch.tensor([i for i in range(len(bgs)) for _ in cls_pick])
+    res["background_obeyed"] = float((zero_shot(ev, _u8(imgs_bg), bg_prompts) == truth).float().mean())
+    name_to_i = {b.name: i for i, b in enumerate(bgs)}
+    bg_names = meta["backgrounds"]
+    sel = np.array([bid >= 0 and bg_names[bid] in name_to_i for bid in test["background_id"]]) & (test["style_id"] < 0)
+    idx = np.flatnonzero(sel)[:3000]
+    truth_real = torch.tensor([name_to_i[bg_names[b]] for b in test["background_id"][idx]])
+    res["background_obeyed_real_ceiling"] = float((zero_shot(ev, _u8(test["images"][idx]), bg_prompts) == truth_real).float().mean())
+    if out:
+        contact_sheet(imgs_bg[:: per_background], cols=len(bgs) // 2 + 1).save(Path(out) / "mini_backgrounds.png")
+
+    # Styles: "photo" plus the three styles.
+    styles = ["photo"] + list(meta["styles"])
+    st_prompts = ["a photo of something"] + [f"{STYLE_PREFIX[s]} something" for s in meta["styles"]]
+    gen = [f"a photo of a {c}" if s == "photo" else f"{STYLE_PREFIX[s]} a {c}" for s in styles for c in cls_pick]
+    imgs_st = generate_images(pipe, gen, [seed + i for i in range(len(gen))], steps=25)
+    truth = torch.tensor([i for i in range(len(styles)) for _ in cls_pick])
+    res["style_obeyed"] = float((zero_shot(ev, _u8(imgs_st), st_prompts) == truth).float().mean())
+    sid = test["style_id"][:3000]
+    res["style_obeyed_real_ceiling"] = float((zero_shot(ev, _u8(test["images"][:3000]), st_prompts) == torch.from_numpy(sid + 1).long()).float().mean())
+
+    # Fréchet distance on test captions vs the renders they describe.
+    pick = rng.choice(len(test["captions"]), size=min(fd_n, len(test["captions"])), replace=False)
+    gen = generate_images(pipe, [str(c) for c in test["captions"][pick]], [seed + i for i in range(len(pick))], steps=25)
+    res["frechet_dino"] = frechet(features(ev, _u8(gen)), features(ev, _u8(test["images"][pick])))
+    other = rng.choice(len(test["captions"]), size=len(pick), replace=False)
+    res["frechet_dino_real_vs_real"] = frechet(features(ev, _u8(test["images"][other])), features(ev, _u8(test["images"][pick])))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mini")
+    ap.add_argument("--per-class", type=int, default=8)
+    ap.add_argument("--fd-n", type=int, default=1000)
+    ap.add_argument("--out", default=None, help="folder for sample grids")
+    ap.add_argument("--json", default=None, help="write the numbers here")
+    ap.add_argument("--per-background", type=int, default=24)
+    ap.add_argument("--evaluators", default=None, help="folder with clip/, dino/, classifier/ (default: shipped)")
+    a = ap.parse_args()
+    res = measure(a.model, a.per_class, a.per_background, fd_n=a.fd_n, out=Path(a.out) if a.out else None,
+                  evaluators=Path(a.evaluators) if a.evaluators else None)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
