@@ -96,4 +96,4 @@ def test_frechet_distance():
     a = rng.normal(size=(4000, 3))
     b = rng.normal(size=(4000, 3))
     assert frechet(a, b) < 0.02
-    assert frechet(a, b + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=0.1)  # |Δμ|² with equal covariances
+    assert frechet(a, b + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=0.3)  # |Δμ|² (+ sampling noise)
