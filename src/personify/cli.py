@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML/TOML file with 'train:' and 'method:' sections")
     t.add_argument("-h", "--help", action="store_true")
     sub.add_parser("methods", help="list the registered methods")
+    m = sub.add_parser("mini", help="the embedded mini model: pretraining stages and export").add_subparsers(dest="subcommand", required=True)
+    mt = m.add_parser("train", help="train one stage (clip, vae, unet, evaluators); rerun to resume", add_help=False)
+    mt.add_argument("--stage", required=True, choices=("clip", "vae", "unet", "evaluators"))
+    mt.add_argument("-h", "--help", action="store_true")
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, (help_, cfg_path, _) in SIMPLE.items():
         if " " in name:  # "world build" -> `personify world build`
@@ -142,6 +146,24 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_mini_train(args: argparse.Namespace, rest: list[str]) -> int:
+    import json
+
+    from .config import add_arguments, build
+    from .mini.config import STAGES
+    from .mini.train import main as train_stage
+
+    cls = STAGES[args.stage]
+    p = argparse.ArgumentParser(prog=f"personify mini train --stage {args.stage}")
+    add_arguments(p, cls, skip=("stage",))
+    if args.help:
+        p.print_help()
+        return 0
+    status = train_stage(build(cls, vars(p.parse_args(rest)), "command line"))
+    print(json.dumps(status, indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.simplefilter("default")
@@ -151,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         if args.command == "train":
             return cmd_train(args, rest)
+        if args.command == "mini" and args.subcommand == "train":
+            return cmd_mini_train(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "generate":

@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             kw.update(choices=list(typing.get_args(tp)))
         else:
             kw["type"] = _scalar_type(tp)
-        group.add_argument(_flag(f.name), **kw)
+        names = [_flag(f.name)] + (["--" + f.name] if "_" in f.name else [])  # --max-steps and --max_steps
+        group.add_argument(*names, **kw)
 
 
 def _scalar_type(tp: Any):

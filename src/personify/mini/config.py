@@ -1,7 +1,7 @@
 """Typed, self-validating configs for the mini Stable Diffusion pretraining stages.
 
 One dataclass per stage (``clip``, ``vae``, ``unet``, ``evaluators``). Every field carries
-``metadata={"help": ...}`` so a CLI can be generated from it (see ``personify.mini.train.cli``).
+``metadata={"help": ...}`` so the CLI is generated from it (``personify mini train --stage S``).
 Architecture sizes live in the stage config that trains the model; the defaults are the shipped
 sizes (see docs/mini-model.md for the measurements behind them).
 """

@@ -12,21 +12,19 @@ Each call trains until ``max_steps`` (or ``time_budget_s``), checkpointing atomi
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import os
 import sys
 import time
-import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import STAGES, ClipConfig, EvaluatorsConfig, StageConfig, UnetConfig, VaeConfig
+from .config import ClipConfig, EvaluatorsConfig, StageConfig, UnetConfig, VaeConfig
 from .data import CLIP_MEAN, CLIP_STD, SceneSplit, load_split, split_path, to_clip_pixels, to_unit
 from .loop import run_loop
 from . import models as M
@@ -555,37 +553,11 @@ def main(cfg: StageConfig) -> dict:
     raise TypeError(f"unknown config type {type(cfg).__name__}")
 
 
-# ------------------------------------------------------------------------------------------
-# Minimal CLI generated from the dataclass fields (the personify CLI wraps the same configs)
-# ------------------------------------------------------------------------------------------
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        kw: dict = {"help": f.metadata.get("help", ""), "default": None}
-        if tp is bool:
-            kw["type"] = lambda s: s.lower() in ("1", "true", "yes", "y")
-        elif typing.get_origin(tp) is tuple:
-            kw["type"] = lambda s: tuple(int(v) for v in s.split(","))
-        else:
-            kw["type"] = tp
-        parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, **kw)
-
-
-def config_from_args(stage: str, argv: list[str]) -> StageConfig:
-    cls = STAGES[stage]
-    parser = argparse.ArgumentParser(prog=f"personify.mini.train --stage {stage}")
-    add_dataclass_args(parser, cls)
-    ns = parser.parse_args(argv)
-    return cls(**{k: v for k, v in vars(ns).items() if v is not None})
-
-
 def cli(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stage", choices=sorted(STAGES), required=True)
-    ns, rest = pre.parse_known_args(argv)
-    print(json.dumps(main(config_from_args(ns.stage, rest)), indent=1, default=str))
+    """`python -m personify.mini.train --stage S ...` = `personify mini train --stage S ...` (one schema)."""
+    from ..cli import main as personify_main
+
+    sys.exit(personify_main(["mini", "train", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":
