@@ -63,6 +63,7 @@ def load_pipeline(
 ) -> StableDiffusionPipeline:
     """Load a StableDiffusionPipeline from a local source (see module doc). Sets `pipe.personify_base_hash`."""
     source = resolve_model(path)
+    name = "mini" if source == str(mini_model_path()) else source  # recorded in artifacts: portable
     if source == "tiny" or source.startswith("tiny:"):
         from .tiny import build_tiny_pipeline
 
@@ -78,7 +79,7 @@ def load_pipeline(
             raise PersonifyError(f"{p}: model not found; pass a diffusers folder, a .safetensors file, 'mini' or 'tiny'")
     pipe.set_progress_bar_config(disable=True)
     pipe.personify_base_hash = model_hash(pipe)
-    pipe.personify_source = source
+    pipe.personify_source = name
     pipe.personify_concepts = []
     return pipe
 
@@ -107,6 +108,11 @@ def _check_folder(p: Path, allow_pickle: bool) -> None:
 
 def _load_folder(p: Path, allow_pickle: bool, dtype: torch.dtype) -> StableDiffusionPipeline:
     _check_folder(p, allow_pickle)
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     variant = None
     if not (p / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (p / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file():
         variant = "fp16"
