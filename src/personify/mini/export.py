@@ -65,12 +65,16 @@ def export_pipeline(run_root: str | Path = DEFAULT_RUN_ROOT, out: str | Path = "
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    info = {"source_run_root": str(run_root)}
-    for stage in ("clip", "vae", "unet"):
-        st = run_root / stage / "status.json"
+    return _finish(tmp, out, "personify_mini.json", run_root, ("clip", "vae", "unet"), {"source_run_root": str(run_root)})
+
+
+def _finish(tmp: Path, out: Path, info_name: str, stages_root: Path, stages: tuple[str, ...], info: dict) -> Path:
+    """Record each stage's status.json beside the export, then swap `tmp` into place."""
+    for stage in stages:
+        st = stages_root / stage / "status.json"
         if st.exists():
             info[stage] = json.loads(st.read_text())
-    (tmp / "personify_mini.json").write_text(json.dumps(info, indent=1))
+    (tmp / info_name).write_text(json.dumps(info, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -88,7 +92,6 @@ def export_evaluators(run_root: str | Path = DEFAULT_RUN_ROOT, out: str | Path =
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    info = {}
     if (src / "clip" / "model").exists():
         d = src / "clip" / "model"
         CLIPModel.from_pretrained(d).to(dtype).save_pretrained(tmp / "clip")
@@ -100,14 +103,7 @@ def export_evaluators(run_root: str | Path = DEFAULT_RUN_ROOT, out: str | Path =
         shutil.copy(d / "preprocessor_config.json", tmp / "dino" / "preprocessor_config.json")
     if (src / "classifier" / "model").exists():
         MiniClassifier.from_pretrained(src / "classifier" / "model").save_pretrained(tmp / "classifier", dtype=dtype)
-    for name in ("clip", "dino", "classifier"):
-        st = src / name / "status.json"
-        if st.exists():
-            info[name] = json.loads(st.read_text())
-    (tmp / "personify_mini_evaluators.json").write_text(json.dumps(info, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return _finish(tmp, out, "personify_mini_evaluators.json", src, ("clip", "dino", "classifier"), {})
 
 
 @torch.no_grad()
