@@ -194,3 +194,28 @@ def test_export_roundtrip(trained, tmp_path):
     EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # compatible config
     vae_sf = json.loads((root / "vae" / "model" / "config.json").read_text())["scaling_factor"]
     assert pipe.vae.config.scaling_factor == pytest.approx(vae_sf)
+
+
+def test_signal_stops_the_whole_evaluators_stage(world, tmp_path, monkeypatch):
+    """SIGTERM during the first evaluator checkpoints it and does not start the next one
+    (session 2 found the v0 code moving on to the next evaluator after a kill)."""
+    import os
+    import signal
+
+    from personify.mini import train as T
+
+    real_step = T.ClassifierStage.train_step
+
+    def step_then_signal(self, step, g):
+        out = real_step(self, step, g)
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(T.ClassifierStage, "train_step", step_then_signal)
+    ev = T.main(EvaluatorsConfig(run_root=str(tmp_path), world_dir=str(world), which="classifier,clip",
+                                 clip_steps=2, classifier_steps=3, **COMMON, **TINY_EVAL))
+    assert ev["classifier"]["interrupted"] and ev["classifier"]["step"] == 1 and not ev["classifier"]["done"]
+    assert "clip" not in ev and not (tmp_path / "evaluators" / "clip").exists()
+    assert (tmp_path / "evaluators" / "classifier" / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "evaluators" / "classifier" / "model" / "config.json").read_text())["stem_stride"] == 2

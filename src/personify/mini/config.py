@@ -201,6 +201,8 @@ class EvaluatorsConfig(StageConfig):
     clip_steps: int = field(default=1500, metadata=_h("CLIP evaluator steps."))
     dino_steps: int = field(default=1500, metadata=_h("DINO steps."))
     classifier_steps: int = field(default=1000, metadata=_h("Classifier steps."))
+    classifier_stem_stride: int = field(default=2, metadata=_h(
+        "Stride of the classifier's first convolution (2 = 4x cheaper per step than 1, the v0 evaluator)."))
     dino_batch_size: int = field(default=64, metadata=_h("DINO images per step (each gives 2 global + local crops)."))
     dino_local_crops: int = field(default=4, metadata=_h("DINO local (32 px) crops per image."))
     dino_hidden: int = field(default=128, metadata=_h("DINO ViT width."))
@@ -223,6 +225,8 @@ class EvaluatorsConfig(StageConfig):
         bad = set(names) - {"clip", "dino", "classifier"}
         if bad or not names:
             raise ValueError(f"which: unknown evaluators {sorted(bad)}")
+        if self.classifier_stem_stride not in (1, 2):
+            raise ValueError(f"classifier_stem_stride must be 1 or 2, got {self.classifier_stem_stride}")
         for name in ("clip_steps", "dino_steps", "classifier_steps", "dino_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

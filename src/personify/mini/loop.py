@@ -197,7 +197,8 @@ def run_loop(stage, stage_dir: Path, *, seed: int, tag: str, max_steps: int, lr:
         status = json.loads((stage_dir / "status.json").read_text())
     if verbose:
         print(f"[{tag}] stopped at step {step}/{max_steps}; status: {status}", flush=True)
-    return status
+    # not written to status.json: tells a caller running several stages to stop too
+    return {**status, "interrupted": True} if stop.flag else status
 
 
 def _save_model(stage, stage_dir: Path, step: int, max_steps: int, tag: str) -> dict:

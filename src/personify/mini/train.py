@@ -456,7 +456,8 @@ class ClassifierStage:
         self.cfg = cfg
         torch.manual_seed(cfg.seed + 202)
         names = data.meta.get("classes") or [str(i) for i in range(data.num_classes)]
-        self.model = M.MiniClassifier(max(len(names), int(data.class_id.max()) + 1), class_names=names)
+        self.model = M.MiniClassifier(max(len(names), int(data.class_id.max()) + 1), class_names=names,
+                                      stem_stride=cfg.classifier_stem_stride)
         self.images = torch.from_numpy(data.images)
         self.labels = torch.from_numpy(data.class_id)
         self.n_train = len(data) - _holdout(len(data))
@@ -549,6 +550,8 @@ def main(cfg: StageConfig) -> dict:
                 result[name] = _loop(DinoStage(dcfg, data), dcfg, sub, "eval_dino", cfg.dino_steps)
             else:
                 result[name] = _loop(ClassifierStage(cfg, data), cfg, sub, "eval_classifier", cfg.classifier_steps)
+            if result[name].get("interrupted"):  # SIGTERM/Ctrl-C stops the whole stage, not just this evaluator
+                break
         return result
     raise TypeError(f"unknown config type {type(cfg).__name__}")
 
