@@ -323,3 +323,25 @@ def test_experiment_runner_smoke(tiny, tmp_path):
     assert set(summary) == {"baseline", "seedselect", "seedselect_multi"}
     rows = json.loads((tmp_path / "exp" / "results.json").read_text())["rows"]
     assert len(rows) == 6 and all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_fewshot_probe_uses_the_extra_images():
+    """run_fewshot: extra images that carry the class signal raise probe accuracy; pure-noise extras
+    with the same labels do not (so the comparison can go both ways)."""
+    from personify.seedselect.experiment import run_fewshot
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=g) * 1.5
+
+    def draw(c, n, noise=2.0):  # "images" are feature vectors here; features() is the identity
+        return [centres[c] + noise * torch.randn(8, generator=g) for _ in range(n)]
+
+    classes = ["a", "b", "c", "d"]
+    real = {k: draw(i, 1) for i, k in enumerate(classes)}
+    test = {k: draw(i, 100) for i, k in enumerate(classes)}
+    good = {k: draw(i, 40, noise=1.0) for i, k in enumerate(classes)}
+    junk = {k: [torch.randn(8, generator=g) * 3 for _ in range(40)] for k in classes}
+    r = run_fewshot(lambda ims: torch.stack(ims), real, test, {"good": good, "junk": junk}, ks=[0, 40])
+    assert r["n_test"] == 400 and r["good+0"] == r["junk+0"] == r["real_only"]
+    assert r["good+40"] > r["real_only"] + 0.1
+    assert r["junk+40"] < r["good+40"] - 0.1

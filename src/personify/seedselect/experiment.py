@@ -54,8 +54,9 @@ class LongTailConfig:
 
 
 def world_references(classes: Sequence[str], n_refs: int = 5, split: str = "test", seed: int = 0,
-                     cache_dir: str | Path | None = None) -> dict[str, list]:
-    """`n_refs` PIL images per class word from a world split (random, seeded; fewer if the split has fewer)."""
+                     cache_dir: str | Path | None = None, rest: bool = False):
+    """`n_refs` PIL images per class word from a world split (random, seeded; fewer if the split has fewer).
+    With `rest=True` also returns the class's remaining images of the split: `(refs, rest)`."""
     from PIL import Image
 
     from ..world.builder import load_meta, load_split
@@ -63,12 +64,12 @@ def world_references(classes: Sequence[str], n_refs: int = 5, split: str = "test
     meta = load_meta(cache_dir)
     data = load_split(split, cache_dir)
     rng = np.random.default_rng(seed)
-    out = {}
+    out, others = {}, {}
     for c in classes:
-        idx = np.flatnonzero(data["class_id"] == meta["classes"].index(c))
-        pick = rng.choice(idx, size=min(n_refs, len(idx)), replace=False) if len(idx) else []
-        out[c] = [Image.fromarray(data["images"][i]) for i in pick]
-    return out
+        idx = rng.permutation(np.flatnonzero(data["class_id"] == meta["classes"].index(c)))
+        out[c] = [Image.fromarray(data["images"][i]) for i in idx[:n_refs]]
+        others[c] = [Image.fromarray(data["images"][i]) for i in idx[n_refs:]]
+    return (out, others) if rest else out
 
 
 def mini_classifier(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[str]]:
@@ -164,3 +165,61 @@ def run_longtail(pipe, loss_clip, classify: Callable[[torch.Tensor], torch.Tenso
         w.writeheader()
         w.writerows(rows)
     return summary
+
+
+# ------------------------------------------------------------------------------------------
+# Few-shot data augmentation (the paper's second use, Sec. 5.3): does adding SeedSelect images
+# to 5 real images per class train a better classifier than the 5 real images alone?
+# ------------------------------------------------------------------------------------------
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, l2: float = 1e-3,
+                 iterations: int = 200) -> torch.Tensor:
+    """Multinomial logistic regression on frozen features (N, D) -> weights (D + 1, num_classes).
+
+    A linear probe rather than a CNN from scratch: with 5 images per class a CNN mostly measures its
+    own optimisation noise; on frozen self-supervised features the only variable is the training set."""
+    x = torch.cat([train_x.double(), torch.ones(len(train_x), 1, dtype=torch.float64)], dim=1)  # (N, D + 1)
+    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w, train_y) + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def probe_accuracy(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    return float(((x @ w).argmax(-1) == y).double().mean())
+
+
+def run_fewshot(features: Callable[[list], torch.Tensor], real_train: dict[str, list], test: dict[str, list],
+                extra: dict[str, dict[str, list]], ks: Sequence[int]) -> dict:
+    """Accuracy on `test` of linear probes trained on `real_train` alone and on `real_train` plus the
+    first k images of each `extra[source][class]` (e.g. source = 'seedselect' or 'baseline'), k in ks.
+
+    features: PIL images -> (N, D) frozen features. Returns {"real_only": acc, "<source>+<k>": acc, ...}."""
+    classes = list(real_train)
+    feats = {}  # cache per (kind, class): features of every image once
+
+    def f(key, images):
+        if key not in feats:
+            feats[key] = features(images) if images else torch.zeros(0, 1)
+        return feats[key]
+
+    def stack(parts):
+        xs = [x for x, _ in parts if len(x)]
+        ys = [torch.full((len(x),), y) for x, y in parts if len(x)]
+        return torch.cat(xs), torch.cat(ys)
+
+    tx, ty = stack([(f(("test", c), test[c]), i) for i, c in enumerate(classes)])
+    base = [(f(("real", c), real_train[c]), i) for i, c in enumerate(classes)]
+    out = {"real_only": probe_accuracy(linear_probe(*stack(base), len(classes)), tx, ty), "n_test": len(ty)}
+    for source, per_class in extra.items():
+        for k in ks:
+            parts = base + [(f((source, c), per_class[c])[:k], i) for i, c in enumerate(classes)]
+            out[f"{source}+{k}"] = probe_accuracy(linear_probe(*stack(parts), len(classes)), tx, ty)
+    return out
