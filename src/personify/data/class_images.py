@@ -42,10 +42,34 @@ def class_images(pipe, prompt: str, n: int, resolution: int, seed: int = 0, root
             images = generate_images(pipe, [prompt] * len(idx), seeds, steps=CLASS_STEPS, guidance=CLASS_GUIDANCE, height=resolution, width=resolution)
         for i, s, img in zip(idx, seeds, images):
             name = f"{i:05d}.png"
-            img.save(folder / name)
+            # Experts fanned out over subjects (incontext.experts) fill one class's folder from several
+            # processes: hidden per-process temp names + rename, so no reader sees half a file.
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            img.save(tmp, format="PNG")
+            os.replace(tmp, folder / name)
             have[name] = {"seed": s}
         manifest["images"] = have
-        tmp = manifest_path.with_suffix(".tmp")
+        tmp = folder / f".manifest.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, manifest_path)  # progress survives an interruption
     return [folder / f"{i:05d}.png" for i in range(n)]
+
+
+def joint_class_images(pipe, prompts: list[str], n: int, resolution: int, seed: int = 0) -> Path:
+    """Prior images of several classes in one folder, as the loop reads one class folder: each
+    class's `n` cached images (`class_images`) copied as `c{i}_NAME.png` with a sidecar caption
+    holding that class's prompt (the loop trains a class image with its own caption). Used by joint
+    training of several subjects (DreamBooth, Custom Diffusion)."""
+    import shutil
+
+    per = [class_images(pipe, p, n, resolution, seed=seed) for p in prompts]
+    key = hashlib.sha256(json.dumps([[str(x) for x in paths] for paths in per]).encode()).hexdigest()[:16]
+    folder = cache_root() / f"joint-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for ci, (p, paths) in enumerate(zip(prompts, per)):
+        for j, src in enumerate(paths):
+            dst = folder / f"c{ci}_{j:05d}.png"
+            if not dst.is_file():
+                shutil.copyfile(src, dst)
+            dst.with_suffix(".txt").write_text(p + "\n")
+    return folder
