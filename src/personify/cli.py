@@ -66,6 +66,8 @@ SIMPLE = {
                    "personify.seedselect:SeedSelectConfig", "personify.seedselect:main"),
     "incontext train": ("train the in-context apprentice (SuTI) on subject clusters of the mini world",
                         "personify.incontext.train:ApprenticeTrainConfig", "personify.incontext.train:main"),
+    "incontext experts": ("train a LoRA expert per subject with Ray and write CLIP-filtered (demos, prompt, image) shards for the apprentice",
+                          "personify.incontext.experts:ExpertsConfig", "personify.incontext.fanout:main"),
     "world build": ("fetch the emoji packages (npm) and render the mini model's scenes (one-time)",
                     "personify.world:WorldConfig", "personify.world:main"),
 }

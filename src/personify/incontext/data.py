@@ -6,10 +6,16 @@ world's own pieces (`world.render.scaled/place/composite`, `world.backgrounds.BA
 `world.captions`), so demos and targets look like the pretraining scenes. Only the pretraining
 families are used: the sprite cache (`sprites-v2.npz`) holds Noto + Twemoji only, and any sprite of
 the held-out family id is refused.
+
+`ExpertTriples` reads the other data source, the CLIP-filtered expert shards of `incontext.experts`,
+as clusters too: demos from the shard, the kept expert image as the target.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +86,11 @@ class SpriteClusters:
     def __len__(self) -> int:
         return len(self.index)
 
+    def name(self, i: int) -> str:
+        """Stable subject id of cluster i without rendering it: sprite index and class word."""
+        idx = int(self.index[i % len(self.index)])
+        return f"{idx:05d}-" + re.sub(r"[^a-z0-9]+", "-", self.words[idx].lower()).strip("-")
+
     def __getitem__(self, i: int) -> Cluster:
         from ..world.backgrounds import BACKGROUNDS
 
@@ -89,3 +100,43 @@ class SpriteClusters:
         bgs = [int(b) for b in rng.choice(np.arange(-1, len(BACKGROUNDS)), size=self.n_demos + 1, replace=False)]
         imgs, caps = zip(*(render_sprite(rng, sprite, self.words[idx], b) for b in bgs))
         return Cluster(np.stack(imgs[:-1]), list(caps[:-1]), imgs[-1], caps[-1], idx, self.words[idx], bgs)
+
+
+class ExpertTriples:
+    """Kept (demos, prompt, image) triples of expert shards (`personify incontext experts`), as `Cluster`s.
+
+    `names` pins which shard files make up the set (default: all `*.npz` in `folder`, sorted), so a
+    resumed apprentice run sees the same triples while experts are still being written. Shards are
+    opened lazily and the last 64 stay in memory."""
+
+    def __init__(self, folder: str | Path, n_demos: int, names: list[str] | None = None):
+        self.folder, self.n_demos = Path(folder), int(n_demos)
+        self.names = sorted(p.name for p in self.folder.glob("*.npz")) if names is None else list(names)
+        self.rows: list[tuple[int, int]] = []  # (shard, row) per triple
+        for s, name in enumerate(self.names):
+            path = self.folder / name
+            if not path.is_file():
+                raise PersonifyError(f"{path}: expert shard missing (this run was started with it); restore it or train into a new --out")
+            with np.load(path) as z:
+                k, m = len(z["demo_captions"]), len(z["prompts"])
+            if k < self.n_demos:
+                raise PersonifyError(f"{path}: {k} demos per subject, fewer than n_demos={self.n_demos}; rerun the experts with --n-demos {self.n_demos}")
+            self.rows += [(s, j) for j in range(m)]
+        if not self.rows:
+            raise PersonifyError(f"{self.folder}: no expert triples; run `personify incontext experts --out {self.folder}` first")
+        self._shard = lru_cache(maxsize=64)(self._load)
+
+    def _load(self, s: int) -> dict[str, np.ndarray]:
+        with np.load(self.folder / self.names[s]) as z:
+            return {k: z[k] for k in z.files}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Cluster:
+        s, j = self.rows[i]
+        z, k = self._shard(s), self.n_demos
+        demos, target = z["demo_images"][:k], z["images"][j]  # target at the expert model's resolution
+        meta = json.loads(str(z["meta"]))
+        bgs = [int(b) for b in z["demo_backgrounds"][:k]] + [int(z["backgrounds"][j])]
+        return Cluster(demos, [str(c) for c in z["demo_captions"][:k]], target, str(z["prompts"][j]), int(meta["sprite"]), meta["word"], bgs)

@@ -5,6 +5,12 @@ a lower learning rate (`unet_lr > 0`; the demo encoder shares those weights, so 
 VAE and text encoder stay frozen. Checkpoints (`<out>/checkpoint.pt`) are written atomically
 (temp file + fsync + rename) every `save_every` steps and hold adapter (+UNet) weights, optimizer
 state, step and RNG state, so a killed run resumes where it stopped with `--resume`.
+
+Data: ground-truth clusters of the world renderer (`data.SpriteClusters`), optionally mixed with
+CLIP-filtered expert triples (`--experts DIR` from `personify incontext experts`): each batch row is
+an expert triple with probability `expert_ratio`. The shards in use are pinned in
+`<out>/expert_shards.json`, so a resumed run draws from the same triples even while experts are
+still being written.
 """
 from __future__ import annotations
 
@@ -34,23 +40,29 @@ class Batch:
     target_text: torch.Tensor  # (B, L, D)
 
 
-@torch.no_grad()
-def images_to_latents(pipe, images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> VAE-scaled posterior means (N, 4, h, w) at the pipeline's resolution."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+def _pixels(images: np.ndarray, size: int) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2) / 127.5 - 1
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    return x  # (N, 3, size, size) in [-1, 1]
+
+
+@torch.no_grad()
+def images_to_latents(pipe, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """uint8 (N, H, W, 3), or a list of such arrays of different sizes (world renders and expert
+    images), -> VAE-scaled posterior means (N, 4, h, w) at the pipeline's resolution."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    x = torch.cat([_pixels(a, size) for a in (images if isinstance(images, list) else [images])])
     vae = pipe.vae
     return vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
 
 
 @torch.no_grad()
 def make_batch(pipe, clusters) -> Batch:
-    """Clusters (from `data.SpriteClusters`) -> tensors; all clusters must have the same K."""
+    """Clusters (`data.SpriteClusters`, `data.ExpertTriples`) -> tensors; all clusters must have the same K."""
     k = len(clusters[0].demo_captions)
-    demos = images_to_latents(pipe, np.concatenate([c.demo_images for c in clusters]))
-    target = images_to_latents(pipe, np.stack([c.target_image for c in clusters]))
+    demos = images_to_latents(pipe, [c.demo_images for c in clusters])
+    target = images_to_latents(pipe, [c.target_image[None] for c in clusters])
     caps = [cap for c in clusters for cap in c.demo_captions]
     dtext = encode_prompts(pipe.tokenizer, pipe.text_encoder, caps)
     ttext = encode_prompts(pipe.tokenizer, pipe.text_encoder, [c.target_caption for c in clusters])
@@ -154,6 +166,8 @@ class ApprenticeTrainConfig:
     lr: float = field(default=1e-4, metadata={"help": "learning rate of the added demo-attention layers"})
     unet_lr: float = field(default=0.0, metadata={"help": "learning rate of the whole UNet (0: UNet frozen)"})
     t_demo: int = field(default=50, metadata={"help": "fixed noise level of the demonstrations (0: clean)"})
+    experts: str | None = field(default=None, metadata={"help": "folder of expert shards (`personify incontext experts`) to mix in"})
+    expert_ratio: float = field(default=0.5, metadata={"help": "with --experts: fraction of batch rows that are expert triples (0: ground truth only)"})
     seed: int = field(default=0, metadata={"help": "random seed (clusters, noise, timesteps)"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
     resume: bool = field(default=True, metadata={"help": "resume from <out>/checkpoint.pt when present"})
@@ -168,6 +182,21 @@ class ApprenticeTrainConfig:
         check(self.unet_lr >= 0, f"unet_lr must be >= 0, got {self.unet_lr}")
         check(0 <= self.t_demo < 1000, f"t_demo must be in 0..999, got {self.t_demo}")
         check(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
+        check(0 <= self.expert_ratio <= 1, f"expert_ratio must be in [0, 1], got {self.expert_ratio}")
+
+
+def expert_triples(cfg: ApprenticeTrainConfig, out: Path, resumed: bool):
+    """The expert triples of `cfg.experts`; a resumed run reads the shard list it started with."""
+    from .data import ExpertTriples
+
+    pinned = out / "expert_shards.json"
+    names = json.loads(pinned.read_text()) if resumed and pinned.is_file() else None
+    triples = ExpertTriples(cfg.experts, cfg.n_demos, names)
+    if names is None:
+        tmp = pinned.with_name(pinned.name + ".tmp")
+        tmp.write_text(json.dumps(triples.names))
+        os.replace(tmp, pinned)
+    return triples
 
 
 def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
@@ -190,10 +219,16 @@ def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
     start = load_checkpoint(ckpt, app, opt, gen) if cfg.resume and ckpt.is_file() else 0
     app.train()
 
+    experts = expert_triples(cfg, out, resumed=start > 0) if cfg.experts else None
+
     def next_batch(step: int) -> Batch:
         rng = np.random.default_rng([cfg.seed, step])  # batch depends on the step only: resumes reproduce
         idx = rng.choice(n, size=cfg.batch_size, replace=n < cfg.batch_size)
-        return make_batch(pipe, [clusters[int(i)] for i in idx])
+        if experts is None:
+            return make_batch(pipe, [clusters[int(i)] for i in idx])
+        # drawn after the ground-truth picks, so runs without experts keep their old batches
+        use, pick = rng.random(cfg.batch_size) < cfg.expert_ratio, rng.integers(len(experts), size=cfg.batch_size)
+        return make_batch(pipe, [experts[int(j)] if u else clusters[int(i)] for i, u, j in zip(idx, use, pick)])
 
     log = open(out / "log.jsonl", "a")
     t0 = time.time()
