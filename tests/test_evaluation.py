@@ -97,3 +97,56 @@ def test_frechet_distance():
     b = rng.normal(size=(4000, 3))
     assert frechet(a, b) < 0.02
     assert frechet(a, b + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=0.3)  # |Δμ|² (+ sampling noise)
+
+
+def test_window_fidelity_finds_each_subject_in_a_two_subject_image():
+    """Two subjects side by side: each subject's best window sits on its own half and scores higher
+    than the whole image; window embeddings are the encoder applied to the crops; the leave-one-out
+    upper bound of identical real images is 1."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from personify.evaluation.regions import best_window, subject_upper_bound, window_boxes, window_embeddings
+
+    class Ink:  # toy encoder: mean "ink" (1 - pixel) per channel
+        def image(self, x):
+            return F.normalize((1 - x).mean((2, 3)), dim=-1)
+
+    def scene(boxes):
+        a = np.full((64, 64, 3), 255, np.uint8)
+        for (t, l, s), c in boxes:
+            a[t : t + s, l : l + s] = c
+        return Image.fromarray(a)
+
+    red, blue = (220, 40, 40), (40, 40, 220)
+    enc = Ink()
+    pair = scene([((20, 4, 22), red), ((24, 38, 22), blue)])
+    emb = window_embeddings(enc, [pair])  # (1, R, 3)
+    boxes = window_boxes(64)
+    assert emb.shape == (1, len(boxes), 3) and boxes[-1] == (0, 0, 64)
+    t, l, s = boxes[7]
+    crop = torch.from_numpy(np.asarray(pair, np.float32)[t : t + s, l : l + s] / 255).permute(2, 0, 1)[None]
+    assert torch.allclose(emb[0, 7], enc.image(crop)[0], atol=1e-6)
+    for colour, left_half in ((red, True), (blue, False)):
+        real = enc.image(torch.from_numpy(np.asarray(scene([((16, 16, 30), colour)]), np.float32) / 255).permute(2, 0, 1)[None])
+        best, arg = best_window(emb, real)
+        whole = float(emb[0, -1] @ real[0])
+        t, l, s = boxes[int(arg)]
+        assert float(best) > whole + 0.05 and float(best) > 0.99 and ((l + s / 2) < 32) == left_half
+    same = [scene([((16, 16, 30), red)])] * 3
+    assert subject_upper_bound(enc, same) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(PersonifyError, match="at least 2"):
+        subject_upper_bound(enc, same[:1])
+
+
+def test_vae_roundtrip_ceiling_input(tiny_pipe):
+    """mini_quality's VAE ceiling classifies decode(encode(x)): same shape and range as x, batched the
+    same as unbatched, and not the identity (a random VAE must change the image)."""
+    from personify.evaluation.mini_quality import vae_roundtrip
+
+    x = torch.rand(5, 3, 32, 32)
+    r = vae_roundtrip(tiny_pipe, x, batch=2)
+    assert r.shape == x.shape and 0 <= r.min() and r.max() <= 1
+    assert torch.allclose(r, vae_roundtrip(tiny_pipe, x, batch=5), atol=1e-5)
+    assert (r - x).abs().mean() > 0.05

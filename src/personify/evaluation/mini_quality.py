@@ -3,7 +3,9 @@
     python -m personify.evaluation.mini_quality --model mini --out docs/img
 
 - class fidelity: "a photo of a {class}" for the 50 most frequent classes, top-1 of the evaluator
-  classifier; its ceiling is the same classifier on real test renders of those classes;
+  classifier; its ceiling is the same classifier on real test renders of those classes, and the
+  generator's own ceiling the classifier on those renders after a VAE round trip (encode -> decode):
+  a generator can draw no sharper than its VAE decodes;
 - background and style words obeyed: zero-shot CLIP-evaluator choice among all background (style)
   phrases for images generated with one of them; the ceiling is the same on real test renders;
 - Fréchet distance between generated and real test renders in the DINO evaluator's feature space
@@ -67,6 +69,17 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
+@torch.no_grad()
+def vae_roundtrip(pipe, x01: torch.Tensor, batch: int = 100) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> the VAE's reconstruction (posterior mean), same range."""
+    vae = pipe.vae
+    out = []
+    for s in range(0, len(x01), batch):
+        x = x01[s:s + batch].to(vae.dtype) * 2 - 1
+        out.append((vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1) + 1) / 2)
+    return torch.cat(out)
+
+
 def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, fd_n: int = 1000, seed: int = 0, out: Path | None = None,
             evaluators: Path | None = None) -> dict:
     from .. import load_pipeline
@@ -100,6 +113,8 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
     mask = np.isin(test["class_id"], [classes.index(c) for c in head])
     real = _u8(test["images"][mask][:5000])
     res["head50_top1_real_ceiling"] = float((classify(clf, real) == torch.from_numpy(test["class_id"][mask][:5000]).long()).float().mean())
+    res["head50_top1_vae_ceiling"] = float((classify(clf, vae_roundtrip(pipe, real[:1000])) ==
+                                            torch.from_numpy(test["class_id"][mask][:1000]).long()).float().mean())
     if out:
         contact_sheet(imgs[:: per_class][:50], cols=10).save(Path(out) / "mini_head50.png")
 
