@@ -147,11 +147,10 @@ def test_apprentice_mixes_expert_triples_and_resumes_deterministically(tmp_path,
 
 
 # --- Ray ---------------------------------------------------------------------------------------
-ray = pytest.importorskip("ray", reason="expert fan-out needs Ray (pip install 'personify[ray]')")
-
-
 @pytest.fixture(scope="module")
 def local_ray():
+    """One local Ray cluster for the module (start-up ~6 s); only these tests need Ray installed."""
+    ray = pytest.importorskip("ray", reason="expert fan-out needs Ray (pip install 'personify[ray]')")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
