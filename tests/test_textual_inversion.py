@@ -129,21 +129,61 @@ def test_multi_token_initializer_is_an_error():
         m.setup()
 
 
-def test_setup_freezes_all_but_the_embedding_and_masks_other_rows():
+def _ti_loss(m, pipe, prompts):
+    g = torch.Generator().manual_seed(0)
+    return m.loss({
+        "latents": torch.randn(len(prompts), 4, 4, 4, generator=g), "noise": torch.randn(len(prompts), 4, 4, 4, generator=g),
+        "timesteps": torch.tensor([500, 900][: len(prompts)]),
+        "input_ids": pipe.tokenizer(prompts, padding="max_length", max_length=16, return_tensors="pt").input_ids,
+    })
+
+
+def test_setup_freezes_the_model_and_trains_only_the_placeholder_rows():
     pipe = load_pipeline("tiny")
-    m = TextualInversion(pipe, TextualInversionConfig(class_word="dog", placeholder="<d>"))
+    m = TextualInversion(pipe, TextualInversionConfig(class_word="dog", placeholder="<d>", num_vectors=2))
     m.setup()
     emb = pipe.text_encoder.get_input_embeddings().weight
-    assert m.trainable_parameters() == [emb] and not m.text_frozen
-    assert [p for p in pipe.text_encoder.parameters() if p.requires_grad] == [emb]
-    assert not any(p.requires_grad for p in pipe.unet.parameters())
-    loss = m.loss({
-        "latents": torch.randn(1, 4, 4, 4), "noise": torch.randn(1, 4, 4, 4), "timesteps": torch.tensor([500]),
-        "input_ids": pipe.tokenizer(["a photo of a <d>"], padding="max_length", max_length=16, return_tensors="pt").input_ids,
-    })
-    loss.backward()
-    nonzero = emb.grad.abs().sum(1).nonzero().flatten().tolist()
-    assert nonzero == m.ids  # "a", "photo", "of" got no gradient
+    assert m.trainable_parameters() == [m.rows.param] and m.rows.param.shape == (2, emb.shape[1]) and not m.text_frozen
+    assert torch.equal(m.rows.param, emb[m.ids])
+    assert not any(p.requires_grad for c in (pipe.unet, pipe.text_encoder, pipe.vae) for p in c.parameters())
+    _ti_loss(m, pipe, ["a photo of a <d> <d>_1"]).backward()
+    assert emb.grad is None and bool((m.rows.param.grad.abs().sum(1) > 0).all())  # both vectors, nothing else
+    assert not pipe.text_encoder.get_input_embeddings()._forward_hooks  # the swap hook lives only inside encode_text
+
+
+def test_rows_train_as_the_whole_masked_matrix_would():
+    """The (N, D) parameter moves exactly like the placeholder rows of the whole embedding matrix
+    with the other rows' gradients masked to zero (the reference implementation's optimizer): the
+    same AdamW update, weight decay and clipping, and the other rows stay bit-identical."""
+    from personify.methods.base import Method
+    from personify.tokens import TrainableRows
+
+    prompts = ["a photo of a <d> <d>_1", "a <d> <d>_1 and a <d> <d>_1"]  # repeated tokens: gradients sum
+    pipe = load_pipeline("tiny")
+    m = TextualInversion(pipe, TextualInversionConfig(class_word="dog", placeholder="<d>", num_vectors=2))
+    m.setup()
+    ref_pipe = load_pipeline("tiny")
+    ref = TextualInversion(ref_pipe, TextualInversionConfig(class_word="dog", placeholder="<d>", num_vectors=2))
+    ref.setup()
+    ref.encode_text = lambda batch: Method.encode_text(ref, batch)  # the plain lookup of the matrix, no swap
+    whole = TrainableRows(ref_pipe.text_encoder, ref.ids)
+    before = ref_pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    opts = [torch.optim.AdamW(m.trainable_parameters(), lr=5e-2, weight_decay=0.1), torch.optim.AdamW([whole.weight], lr=5e-2, weight_decay=0.1)]
+    for _ in range(3):
+        for method, p, opt, done in ((m, pipe, opts[0], m.after_step), (ref, ref_pipe, opts[1], whole.restore)):
+            params = opt.param_groups[0]["params"]
+            _ti_loss(method, p, prompts).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1e-3)  # small enough to clip every step
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done()
+    emb, ref_emb = pipe.text_encoder.get_input_embeddings().weight, ref_pipe.text_encoder.get_input_embeddings().weight
+    torch.testing.assert_close(m.rows.param.detach(), ref_emb[ref.ids].detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(emb[m.ids], m.rows.param.detach())  # synced into the matrix after every step
+    assert not torch.equal(emb[m.ids], before[m.ids])
+    others = torch.ones(emb.shape[0], dtype=torch.bool)
+    others[m.ids] = False
+    assert torch.equal(emb[others], before[others]) and torch.equal(ref_emb[others], before[others])
 
 
 def test_templates_and_captions():
@@ -172,3 +212,20 @@ def test_cli_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--placeholder", "--num-vectors", "--initializer", "--what", "--class-word", "--steps"):
         assert flag in out
+
+
+def test_resume_from_a_whole_matrix_optimizer_state_is_a_clear_error(tmp_path):
+    """Checkpoints written before TI trained the rows alone hold AdamW state of the whole (V, D)
+    matrix; torch loads it without a shape check, so the loop names the problem instead of failing
+    inside the first step."""
+    kw = dict(images=make_subject(tmp_path / "subject"), model="tiny", out=str(tmp_path / "run"), resolution=32, progress=False,
+              class_word="box", placeholder=PLACEHOLDER, checkpoint_every=1)
+    personify.train("textual_inversion", steps=1, **kw)
+    opt_file = next((tmp_path / "run" / "checkpoints").glob("step-*")) / "optimizer.pt"
+    opt = torch.load(opt_file, weights_only=True)
+    st = opt["state"][0]
+    vocab = load_pipeline("tiny").text_encoder.get_input_embeddings().weight.shape[0] + 1
+    st["exp_avg"], st["exp_avg_sq"] = torch.zeros(vocab, st["exp_avg"].shape[1]), torch.zeros(vocab, st["exp_avg"].shape[1])
+    torch.save(opt, opt_file)
+    with pytest.raises(PersonifyError, match="optimizer state does not fit"):
+        personify.train("textual_inversion", steps=2, resume=True, **kw)

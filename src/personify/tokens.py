@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 
 from .errors import PersonifyError
 
@@ -136,3 +137,60 @@ class TrainableRows:
 
     def rows(self):
         return self.weight[self.ids].detach().clone()  # (N, D)
+
+
+class RowParameter:
+    """Train some rows of the token-embedding matrix as their own (N, D) parameter (Textual Inversion).
+
+    Unlike `TrainableRows`, the optimizer, gradient clipping and weight decay see only these N·D
+    numbers, not the whole (V, D) matrix (49,408 x 768 on SD): a step skips the AdamW update, the
+    gradient mask and the restore over every row, and the optimizer state is N·D instead of 2·V·D.
+    The learned rows move exactly as before — AdamW is elementwise and the other rows' gradients were
+    masked to zero — and the other rows cannot move at all. Inside `swapped_in()` a forward hook makes
+    the embedding lookup return these rows for their ids, so gradients reach them; `sync()` (after
+    every step) copies them into the matrix, which thus always holds the current vectors for
+    generation, validation and saving.
+    """
+
+    def __init__(self, text_encoder, ids: list[int]):
+        import torch
+
+        self.text_encoder, self.ids = text_encoder, list(ids)
+        w = self.weight
+        self.param = torch.nn.Parameter(w[self.ids].detach().clone())  # (N, D)
+        self.index = torch.full((w.shape[0],), -1, dtype=torch.long, device=w.device)  # token id -> row of param, or -1
+        self.index[self.ids] = torch.arange(len(self.ids), device=w.device)
+
+    @property
+    def weight(self):
+        return self.text_encoder.get_input_embeddings().weight  # (V, D)
+
+    @contextmanager
+    def swapped_in(self):
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(self._swap)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _swap(self, module, args, out):
+        import torch
+
+        pos = self.index[args[0]]  # (B, L)
+        return torch.where((pos >= 0)[..., None], self.param[pos.clamp_min(0)].to(out.dtype), out)
+
+    def sync(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.weight[self.ids] = self.param.to(self.weight.dtype)
+
+    def set(self, vec) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.param.copy_(vec.to(self.param.device, self.param.dtype))
+        self.sync()
+
+    def rows(self):
+        return self.param.detach().clone()  # (N, D)

@@ -332,6 +332,11 @@ class Trainer:
             warnings.warn(f"{path}: resuming with seed {self.cfg.seed} but the run used {state.get('seed')}; the data order changes")
         self.method.load(method_state)
         opt.load_state_dict(opt_state)
+        for group in opt.param_groups:  # torch does not check shapes; a mismatch would fail in the first step
+            for p in group["params"]:
+                if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in opt.state.get(p, {}).values()):
+                    raise PersonifyError(f"{path}: its optimizer state does not fit this run's trainable parameters "
+                                         "(written by another personify version or other method settings); train into a new --out")
         self.acc.print(f"personify: resumed from {path} (step {state['step']})")
         return int(state["step"])
 
