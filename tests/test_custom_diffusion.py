@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +192,50 @@ def test_missing_pool_falls_back_with_warning(tmp_path):
     with pytest.warns(UserWarning, match="falling back"):
         assert m.prior_prompt() == "a photo of a dog"
     assert cfg.class_images is None and m.prior_source == "generated"  # the loop generates class images
+
+
+def test_mini_model_retrieves_from_the_world_pool(tmp_path, monkeypatch):
+    """load_pipeline("mini") records personify_source = "mini": that is the embedded model, whose
+    default pool is the emoji world (was compared with the asset path only, so it always fell back)."""
+    from personify.methods.custom_diffusion import retrieval
+
+    monkeypatch.setenv("PERSONIFY_CACHE", str(tmp_path / "cache"))
+    asked = []
+    monkeypatch.setattr(retrieval, "world_pool", lambda split="gen_train": asked.append(split) or retrieval.folder_pool(make_pool(tmp_path / "pool")))
+    pipe = load_pipeline("tiny")
+    pipe.personify_source = "mini"
+    cfg = CustomDiffusionConfig(class_word="dog", num_class_images=2)
+    m = CustomDiffusion(pipe, cfg)
+    assert m.prior_prompt() == "a photo of a dog"
+    assert asked == ["gen_train"] and m.prior_source == "retrieved" and len(list(Path(cfg.class_images).glob("*.png"))) == 2
+
+
+def test_joint_retrieval_is_the_per_class_folders_joined(tmp_path, monkeypatch):
+    """A joint (several class prompts) retrieval concatenates the per-prompt cached folders that
+    single-concept runs use: after those it only copies, and it loads the pool at most once."""
+    from personify.methods.custom_diffusion import retrieval
+
+    monkeypatch.setenv("PERSONIFY_CACHE", str(tmp_path / "cache"))
+    folder = make_pool(tmp_path / "pool")
+    (folder / "p06.txt").write_text("a photo of a teapot")  # one teapot-only caption
+    loads = []
+    base = retrieval.folder_pool(folder)
+    pool = retrieval.CaptionPool(base.name, lambda: loads.append(1) or base.load())
+    enc = lambda caps: torch.tensor([[1.0, 0.0] if "dog" in c else [0.0, 1.0] if "teapot" in c else [0.6, -0.8] for c in caps])  # noqa: E731
+    args = (enc, "toy", 5, 0.85)
+    dog, n_dog = retrieval.retrieve_to_folder(pool, ["a photo of a dog"], *args)
+    assert n_dog == [3] and len(loads) == 1
+    joint, counts = retrieval.retrieve_to_folder(pool, ["a photo of a dog", "a photo of a teapot"], *args)
+    assert counts == [3, 2] and len(loads) == 2  # the dog part came from the cache
+    m = json.loads((joint / "manifest.json").read_text())
+    assert [e["file"] for e in m["images"]] == [f"{i:05d}.png" for i in range(5)] and m["counts"] == [3, 2]
+    assert [e["class_prompt"] for e in m["images"]] == ["a photo of a dog"] * 3 + ["a photo of a teapot"] * 2
+    assert [(joint / f"{i:05d}.txt").read_text().strip() for i in range(5)] == [e["caption"] for e in m["images"]]
+    assert (joint / "00000.png").read_bytes() == (dog / "00000.png").read_bytes()
+    assert retrieval.retrieve_to_folder(pool, ["a photo of a dog", "a photo of a teapot"], *args) == (joint, [3, 2]) and len(loads) == 2
+    loads.clear()
+    retrieval.retrieve_to_folder(pool, ["a photo of a cat", "a photo of a bridge"], *args)  # neither cached: one load for both
+    assert len(loads) == 1
 
 
 def test_retrieve_regularization_threshold_order_k():

@@ -15,8 +15,6 @@ restored after every step (weight decay would move them).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import warnings
 from pathlib import Path
@@ -187,7 +185,7 @@ class CustomDiffusion(Method):
         try:
             if cfg.retrieval_pool:
                 pool = folder_pool(cfg.retrieval_pool)
-            elif str(getattr(self.pipe, "personify_source", "")) == str(mini_model_path()):
+            elif str(getattr(self.pipe, "personify_source", "")) in ("mini", str(mini_model_path())):  # load_pipeline records "mini"
                 pool = world_pool("gen_train")
             else:
                 warnings.warn(f"custom_diffusion: no retrieval pool for this base model (pass --retrieval-pool DIR of NAME.png + NAME.txt); {fallback}")
@@ -215,20 +213,10 @@ class CustomDiffusion(Method):
         return folder
 
     def _generated_joint(self, prompts: list[str]) -> Path:
-        from ...data.class_images import cache_root, class_images
+        from ...data.class_images import joint_class_images
 
         res = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        per = [class_images(self.pipe, p, self.config.num_class_images, res, seed=0) for p in prompts]
-        key = hashlib.sha256(json.dumps([[str(x) for x in paths] for paths in per]).encode()).hexdigest()[:16]
-        folder = cache_root() / f"joint-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for ci, (p, paths) in enumerate(zip(prompts, per)):
-            for j, src in enumerate(paths):
-                dst = folder / f"c{ci}_{j:05d}.png"
-                if not dst.is_file():
-                    shutil.copyfile(src, dst)
-                dst.with_suffix(".txt").write_text(p + "\n")
-        return folder
+        return joint_class_images(self.pipe, prompts, self.config.num_class_images, res, seed=0)
 
     # --- training -----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
