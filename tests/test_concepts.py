@@ -52,3 +52,40 @@ def test_kohya_export_loads_through_generate(arts, tmp_path):
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_dreambooth_joint_subjects(tmp_path, monkeypatch):
+    """Two subjects in one DreamBooth run: one identifier per class word, images assigned by their
+    sidecars, each class's prior images generated and captioned with their own class prompt."""
+    from pathlib import Path
+
+    from personify.artifact import read_concept
+    from personify.errors import ConfigError, PersonifyError
+    from personify.methods.custom_diffusion import join_concept_folders
+    from personify.methods.dreambooth import DreamBooth, DreamBoothConfig
+    from conftest import make_subject
+
+    monkeypatch.setenv("PERSONIFY_CACHE", str(tmp_path / "cache"))
+    m = DreamBooth(load_pipeline("tiny"), DreamBoothConfig(class_word=["dog", "teapot"]))  # two distinct rare identifiers
+    a, b = m.identifiers
+    folder = join_concept_folders([make_subject(tmp_path / "d", n=2), make_subject(tmp_path / "t", n=2, seed=4)], [a, b], tmp_path / "joint")
+    art = personify.train("dreambooth", images=folder, out=str(tmp_path / "run"), class_word=["dog", "teapot"], identifier=[a, b],
+                          num_class_images=2, **{**COMMON, "prior_weight": 1.0})
+    meta = read_concept(art)[1]
+    assert meta["tokens"] == [a, b] and meta["class_word"] == ["dog", "teapot"]
+    assert meta["instance_prompt"] == f"a {a} dog and a {b} teapot" and [c["instance_prompt"] for c in meta["concepts"]] == [f"a {a} dog", f"a {b} teapot"]
+    prior = meta["config"]["method"]["class_images"]
+    assert sorted(p.read_text().strip() for p in Path(prior).glob("*.txt")) == ["a photo of a dog"] * 2 + ["a photo of a teapot"] * 2
+
+    assert a != b and m.captions(b) == [f"a {b} teapot"] and m.captions(f"a {a} dog on grass") == [f"a {a} dog on grass"]
+    with pytest.raises(PersonifyError, match="sidecar"):
+        m.captions(None)
+    with pytest.raises(PersonifyError, match="ambiguous"):
+        m.captions("a [V] dog")
+    single = DreamBooth(load_pipeline("tiny"), DreamBoothConfig(class_word="dog", identifier="sks"))
+    assert single.captions("a photo") == ["a sks dog"] and single.captions("[V] on grass") == ["sks on grass"]  # unchanged
+    with pytest.raises(ConfigError, match="one --identifier per"):
+        DreamBoothConfig(class_word=["dog", "teapot"], identifier=["sks"])
+    pipe = load_pipeline("tiny")
+    personify.apply_concepts(pipe, [art])
+    assert pipe.personify_concepts[0]["tokens"] == [a, b]

@@ -29,6 +29,22 @@ def sidecar_caption(sidecar: str | None, identifier: str, default: str) -> list[
     return [default]
 
 
+def joint_caption(sidecar: str | None, identifiers: list[str], prompts: list[str]) -> list[str]:
+    """Several subjects trained jointly: a sidecar holding just an identifier selects that subject's
+    instance prompt; a caption naming an identifier as a word is used verbatim ("a sks dog on grass")."""
+    text = (sidecar or "").strip()
+    if text in identifiers:
+        return [prompts[identifiers.index(text)]]
+    if "[V]" in text:
+        raise PersonifyError(f"sidecar caption {text!r}: '[V]' is ambiguous with several subjects; name the identifier ({', '.join(identifiers)}) instead")
+    if any(i in text.split() for i in identifiers):
+        return [text]
+    raise PersonifyError(
+        f"joint training of {len(identifiers)} subjects: every image needs a sidecar NAME.txt naming its subject's identifier "
+        f"({' or '.join(identifiers)}), e.g. '{identifiers[0]}'; build the folder with personify.methods.custom_diffusion.join_concept_folders"
+    )
+
+
 @register
 class DreamBooth(Method):
     """Fine-tune the UNet (optionally the text encoder) on 'a [V] class' with prior preservation."""
@@ -41,10 +57,17 @@ class DreamBooth(Method):
         if not config.class_word:
             raise PersonifyError(f"{self.name} needs the subject's class word; pass --class-word, e.g. --class-word dog")
         tok = pipe.tokenizer
-        self.identifier = config.identifier or rare_identifier(tok, exclude=tuple(t for c in getattr(pipe, "personify_concepts", []) for t in c.get("tokens", [])))
+        taken = tuple(t for c in getattr(pipe, "personify_concepts", []) for t in c.get("tokens", []))
         if config.identifier:
-            check_identifier(tok, config.identifier)
-        self.prompt = instance_prompt(config.instance_template, self.identifier, config.class_word)
+            for ident in config.identifier:
+                check_identifier(tok, ident)
+            self.identifiers = list(config.identifier)
+        else:
+            self.identifiers = []
+            for _ in config.class_word:
+                self.identifiers.append(rare_identifier(tok, exclude=taken + tuple(self.identifiers)))
+        self.prompts = [instance_prompt(config.instance_template, i, w) for i, w in zip(self.identifiers, config.class_word)]
+        self.identifier, self.prompt = self.identifiers[0], self.prompts[0]
         self.text_frozen = not config.train_text_encoder
 
     def setup(self) -> None:
@@ -55,12 +78,23 @@ class DreamBooth(Method):
         self.pipe.unet.train()
 
     def captions(self, sidecar: str | None) -> list[str]:
-        return sidecar_caption(sidecar, self.identifier, self.prompt)
+        if len(self.identifiers) == 1:
+            return sidecar_caption(sidecar, self.identifier, self.prompt)
+        return joint_caption(sidecar, self.identifiers, self.prompts)
 
     def prior_prompt(self) -> str | None:
         if self.config.prior_weight <= 0:
             return None
-        return self.config.class_prompt or f"a photo of a {self.config.class_word}"
+        cfg = self.config
+        if len(cfg.class_word) == 1:
+            return cfg.class_prompt or f"a photo of a {cfg.class_word[0]}"
+        prompts = [f"a photo of a {w}" for w in cfg.class_word]
+        if not cfg.class_images:  # the loop generates for one prompt: generate every class here (read right after this call)
+            from ...data.class_images import joint_class_images
+
+            res = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+            cfg.class_images = str(joint_class_images(self.pipe, prompts, cfg.num_class_images, res, seed=0))
+        return prompts[0]  # class images are captioned by their sidecars
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         mods = {"unet": self.pipe.unet}
@@ -81,7 +115,12 @@ class DreamBooth(Method):
         _load_modules(self.pipe, state)
 
     def metadata(self) -> dict[str, Any]:
-        return {"tokens": [self.identifier], "class_word": self.config.class_word, "instance_prompt": self.prompt}
+        cw = self.config.class_word
+        if len(cw) == 1:
+            return {"tokens": [self.identifier], "class_word": cw[0], "instance_prompt": self.prompt}
+        return {"tokens": list(self.identifiers), "class_word": list(cw),
+                "instance_prompt": " and ".join(self.prompts),
+                "concepts": [{"token": i, "class_word": w, "instance_prompt": p} for i, w, p in zip(self.identifiers, cw, self.prompts)]}
 
     @classmethod
     def apply(cls, pipe, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
