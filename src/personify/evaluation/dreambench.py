@@ -117,6 +117,11 @@ def strip_identifier(template: str, class_word: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+def pixels(images: list[Image.Image]) -> torch.Tensor:
+    """PIL images of one size -> (N, 3, H, W) float in [0, 1], what the encoders take."""
+    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1) for im in images])
+
+
 @dataclass
 class Evaluator:
     """The encoders behind the metrics (real CLIP/DINO from a local path, or the mini evaluators)."""
@@ -130,7 +135,7 @@ class Evaluator:
         """-> (DINO (N, Dd), CLIP (N, Dc)), L2-normalized."""
         d, c = [], []
         for i in range(0, len(images), self.batch):
-            x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1) for im in images[i : i + self.batch]])
+            x = pixels(images[i : i + self.batch])
             d.append(self.dino.image(x))
             c.append(self.clip.image(x))
         return torch.cat(d), torch.cat(c)
