@@ -247,3 +247,61 @@ def test_demos_cli_main_writes_images(tmp_path, pipe):
     (d / "1.png").unlink(), (d / "2.png").unlink()
     with pytest.raises(PersonifyError, match="demonstration"):
         demos_main(cfg)
+
+
+def test_dreambench_scores_the_apprentice_with_zero_tuning(pipe):
+    """evaluate_subject with a pluggable generator: the apprentice reads the subject's first 3 real
+    images as demos and the identifier-free prompts; a zero-init apprentice reproduces the base model's
+    images exactly, a non-zero one changes them (so the plumbing really routes through the demos)."""
+    from personify.evaluation import tiny_dino
+    from personify.evaluation.dreambench import Evaluator, apprentice_generator, evaluate_subject, load_mini, strip_identifier
+
+    bench = load_mini()
+    sub = bench.subjects["dog"]
+    ev = Evaluator(tiny_clip(), tiny_dino())
+    seen: dict[str, tuple] = {}
+
+    def recording(label, gen):
+        def g(prompts, seeds):
+            ims = gen(prompts, seeds)
+            seen[label] = (prompts, seeds, [np.asarray(im) for im in ims])
+            return ims
+        return g
+
+    kw = dict(n_per_prompt=1, steps=2, guidance=3.0)
+    base = evaluate_subject(pipe, bench, sub, None, ev, "base", **kw,
+                            generate=recording("base", lambda ps, ss: generate_images(pipe, ps, ss, steps=2, guidance=3.0)))
+    app = Apprentice(pipe.unet, pipe.scheduler.alphas_cumprod)
+    gen, demos = apprentice_generator(pipe, app, sub, n_demos=3, steps=2, guidance=3.0)
+    assert demos == sub.images[:3]
+    zero = evaluate_subject(pipe, bench, sub, None, ev, "apprentice", **kw, generate=recording("zero", gen))
+    prompts = seen["zero"][0]
+    assert prompts == [strip_identifier(t, "dog") for t, _ in bench.prompts(sub)] and "a dog in the jungle" in prompts
+    assert seen["zero"][:2] == seen["base"][:2]
+    assert all(np.array_equal(a, b) for a, b in zip(seen["zero"][2], seen["base"][2]))
+    assert zero.overall == base.overall and set(zero.per_kind) == {"recontextualization", "accessorization", "property"}
+    for m in app.demo_layers.values():
+        torch.nn.init.normal_(m.attn.to_out[0].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    trained = evaluate_subject(pipe, bench, sub, None, ev, "apprentice", **kw, generate=recording("trained", gen))
+    diff = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(seen["trained"][2], seen["base"][2])]
+    assert min(diff) > 1.0, diff  # every image changed
+    assert trained.overall != base.overall and trained.upper == base.upper
+    with pytest.raises(PersonifyError, match="demonstration"):
+        apprentice_generator(pipe, app, sub, n_demos=1)
+
+
+def test_latent_cache_is_an_exact_memo(pipe):
+    from personify.incontext.train import LatentCache, make_batch
+
+    cl = SpriteClusters(n_demos=2, seed=0, sprites=_fake_sprites())
+    plain = make_batch(pipe, [cl[0], cl[1]])
+    pipe.personify_latent_cache = cache = LatentCache()
+    first = make_batch(pipe, [cl[0], cl[1]])
+    again = make_batch(pipe, [cl[1], cl[0]])  # re-rendered clusters, other batch order: served from the cache
+    assert (cache.misses, cache.hits) == (2, 2)
+    assert torch.equal(first.demo_latents, plain.demo_latents) and torch.equal(first.target_latents, plain.target_latents)
+    assert torch.equal(again.demo_latents, plain.demo_latents.flip(0)) and torch.equal(again.target_text, plain.target_text.flip(0))
+    tiny = LatentCache(max_bytes=1)  # over budget: computed, not stored
+    pipe.personify_latent_cache = tiny
+    make_batch(pipe, [cl[0]]), make_batch(pipe, [cl[0]])
+    assert (tiny.misses, tiny.hits, len(tiny.items)) == (2, 0, 0)

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -176,25 +177,38 @@ def real_upper_bound(ev: Evaluator, real: list[Image.Image]) -> dict[str, float]
 
 
 def evaluate_subject(
-    pipe, bench: Benchmark, subject: Subject, identifier: str, ev: Evaluator, label: str,
+    pipe, bench: Benchmark, subject: Subject, identifier: str | None, ev: Evaluator, label: str,
     n_per_prompt: int = 4, steps: int = 25, guidance: float = 7.5, seed: int = 0, keep: int = 4,
+    generate: Callable[[list[str], list[int]], list[Image.Image]] | None = None,
 ) -> SubjectResult:
-    """Generate the protocol's images with `pipe` (concept applied) and score them."""
+    """Generate the protocol's images and score them.
+
+    `generate(prompts, seeds) -> images` (one image per pair) makes the images; default: `pipe` with
+    the concept applied (`generate_images`). `identifier=None`: no learned token, the prompts are the
+    templates without it ("a dog on the beach"), as for the in-context apprentice
+    (`apprentice_generator`). `seconds` covers generation and scoring, not loading the model."""
     import time
 
     from ..data.images import load_rgb, resize_crop
     from ..generate import generate_images
 
+    if generate is None:
+        generate = lambda ps, ss: generate_images(pipe, ps, ss, steps=steps, guidance=guidance)  # noqa: E731
     t0 = time.time()
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     real = [resize_crop(load_rgb(p), size) for p in subject.images]
     rd, rc = ev.embed(real)
     items = bench.prompts(subject)
-    prompts = [tpl.format(identifier, subject.class_word) for tpl, _ in items]
+    if identifier is None:
+        prompts = [strip_identifier(tpl, subject.class_word) for tpl, _ in items]
+    else:
+        prompts = [tpl.format(identifier, subject.class_word) for tpl, _ in items]
     all_prompts = [p for p in prompts for _ in range(n_per_prompt)]
     seeds = [seed + i for i in range(len(all_prompts))]
     with torch.no_grad():
-        images = generate_images(pipe, all_prompts, seeds, steps=steps, guidance=guidance)
+        images = generate(all_prompts, seeds)
+    if len(images) != len(all_prompts):
+        raise PersonifyError(f"generate returned {len(images)} images for {len(all_prompts)} prompts")
     gd, gc = ev.embed(images)
     text = ev.text([strip_identifier(tpl, subject.class_word) for tpl, _ in items])  # (25, D)
     per_image_t = (gc * text.repeat_interleave(n_per_prompt, 0)).sum(-1)  # (N,)
@@ -220,3 +234,29 @@ def base_clip_t(pipe, bench: Benchmark, subject: Subject, ev: Evaluator, n_per_p
         images = generate_images(pipe, all_prompts, [seed + i for i in range(len(all_prompts))], steps=steps, guidance=guidance)
     _, gc = ev.embed(images)
     return float((gc * ev.text(prompts).repeat_interleave(n_per_prompt, 0)).sum(-1).mean())
+
+
+def apprentice_generator(pipe, apprentice, subject: Subject, n_demos: int = 3, steps: int = 25, guidance: float = 7.5,
+                         caption: str = "a photo of a {}") -> tuple[Callable[[list[str], list[int]], list[Image.Image]], list[Path]]:
+    """`generate(prompts, seeds)` for `evaluate_subject` with the in-context apprentice, zero tuning.
+
+    The demonstrations are the subject's first `n_demos` real images in file order (DreamBooth trains
+    on all of them, so the apprentice sees a subset of the same information), each captioned
+    `caption.format(class_word)`; the metrics still compare against all real images. `apprentice`:
+    weights path, state dict or `Apprentice` (see `incontext.load_apprentice`). Returns the callable
+    and the demo paths."""
+    from ..data.images import load_rgb
+    from ..incontext.generate import check_demo_count, generate_with_demos, load_apprentice
+
+    check_demo_count(n_demos)
+    if len(subject.images) < n_demos:
+        raise PersonifyError(f"{subject.name}: {len(subject.images)} real images, fewer than n_demos={n_demos}")
+    paths = list(subject.images[:n_demos])
+    demos = [load_rgb(p) for p in paths]
+    captions = [caption.format(subject.class_word)] * n_demos
+    app = load_apprentice(pipe, apprentice)
+
+    def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        return generate_with_demos(pipe, app, demos, captions, prompts, seeds=seeds, steps=steps, guidance=guidance)
+
+    return generate, paths

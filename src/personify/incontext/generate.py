@@ -106,16 +106,23 @@ def encode_demo_images(pipe, apprentice: Apprentice, demo_images: list[Image.Ima
     return apprentice.encode_demos(z, text)
 
 
-def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], demo_captions: list[str], prompt: str,
+def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], demo_captions: list[str], prompt: str | list[str],
                         n: int = 4, seed: int = 0, steps: int = 25, guidance: float = 7.5, sampler: str = "ddim",
-                        clip=None, consistency_threshold: float = CONSISTENCY_THRESHOLD, negative_prompt: str = "") -> list[Image.Image]:
+                        clip=None, consistency_threshold: float = CONSISTENCY_THRESHOLD, negative_prompt: str = "",
+                        seeds: list[int] | None = None, batch_size: int = 16) -> list[Image.Image]:
     """Generate `n` images of the demonstrated subject for `prompt`, in one sampling run, no tuning.
 
+    `prompt` may be a list: then one image per prompt (`n` is ignored), image i with `seeds[i]`
+    (default `seed + i`); the demos are encoded once and the images sampled `batch_size` at a time.
     2-8 demos (else PersonifyError); with `clip` given, a consistency check warns when the demos look
     like different subjects. CFG: both branches see the demos (as in SuTI); only the text differs."""
     check_demo_count(len(demo_images))
     if len(demo_captions) != len(demo_images):
         raise PersonifyError(f"{len(demo_images)} demo images but {len(demo_captions)} captions; give one caption per image")
+    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    seeds = [seed + i for i in range(len(prompts))] if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(prompts):
+        raise PersonifyError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per image")
     if clip is not None:
         demo_consistency(demo_images, clip, consistency_threshold)
     from ..generate import initial_noise
@@ -124,15 +131,19 @@ def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], 
     ctx = encode_demo_images(pipe, app, demo_images, demo_captions)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     dev, dtype = pipe.unet.device, pipe.unet.dtype
+    out: list[Image.Image] = []
     with torch.no_grad():
-        x = torch.cat([initial_noise(pipe, seed + i, size, size) for i in range(n)]).to(dev, dtype)
-        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt] * n).to(dtype)
         uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt]).to(dtype)
         model = cfg_denoiser(app.denoiser(ctx), uncond, guidance)
-        z0 = sample(model, x, cond, make_scheduler(sampler, pipe.scheduler), steps)
-        imgs = decode(pipe.vae, z0.to(pipe.vae.dtype))
-    arr = (imgs.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a) for a in arr]
+        for start in range(0, len(prompts), batch_size):
+            ps, ss = prompts[start : start + batch_size], seeds[start : start + batch_size]
+            x = torch.cat([initial_noise(pipe, s, size, size) for s in ss]).to(dev, dtype)
+            cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, ps).to(dtype)
+            z0 = sample(model, x, cond, make_scheduler(sampler, pipe.scheduler), steps)
+            imgs = decode(pipe.vae, z0.to(pipe.vae.dtype))
+            arr = (imgs.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            out.extend(Image.fromarray(a) for a in arr)
+    return out
 
 
 @dataclass

@@ -219,7 +219,10 @@ class Apprentice(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.demo_layers.state_dict().items()}
 
     def load_adapter_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.demo_layers.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = self.demo_layers.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # same names, other shapes: another base model
+            missing, unexpected = [str(e).split("\n")[1].strip()[:120]], []
         if missing or unexpected:
             raise PersonifyError(f"apprentice weights do not fit this UNet (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); "
                                  "use the base model they were trained on")

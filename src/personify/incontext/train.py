@@ -14,6 +14,7 @@ still being written.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -57,12 +58,50 @@ def images_to_latents(pipe, images: np.ndarray | list[np.ndarray]) -> torch.Tens
     return vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
 
 
+class LatentCache:
+    """Memo of the VAE latents of whole clusters, keyed by the content of their images (the VAE
+    encoder dominates a CPU training step on the mini model; clusters repeat every epoch)."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.items: dict[bytes, torch.Tensor] = {}
+        self.max_bytes, self.bytes, self.hits, self.misses = int(max_bytes), 0, 0, 0
+
+    def get(self, key: bytes, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        z = self.items.get(key)
+        if z is not None:
+            self.hits += 1
+            return z
+        self.misses += 1
+        z = make()
+        size = z.numel() * z.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.items[key] = z
+            self.bytes += size
+        return z
+
+
+def cluster_latents(pipe, cluster) -> torch.Tensor:
+    """(K + 1, 4, h, w): the K demos then the target, encoded as one VAE batch, so the result does not
+    depend on which other clusters share the training batch (a cached and a fresh encoding agree bitwise)."""
+    cache = getattr(pipe, "personify_latent_cache", None)
+    make = lambda: images_to_latents(pipe, [cluster.demo_images, cluster.target_image[None]])  # noqa: E731
+    if cache is None:
+        return make()
+    h = hashlib.blake2b(digest_size=20)
+    for a in (cluster.demo_images, cluster.target_image):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return cache.get(h.digest(), make)
+
+
 @torch.no_grad()
 def make_batch(pipe, clusters) -> Batch:
-    """Clusters (`data.SpriteClusters`, `data.ExpertTriples`) -> tensors; all clusters must have the same K."""
+    """Clusters (`data.SpriteClusters`, `data.ExpertTriples`) -> tensors; all clusters must have the same K.
+    With `pipe.personify_latent_cache` (a `LatentCache`, set by `main`) the latents are memoized."""
     k = len(clusters[0].demo_captions)
-    demos = images_to_latents(pipe, [c.demo_images for c in clusters])
-    target = images_to_latents(pipe, [c.target_image[None] for c in clusters])
+    lat = [cluster_latents(pipe, c) for c in clusters]
+    demos = torch.cat([z[:k] for z in lat])
+    target = torch.stack([z[k] for z in lat])
     caps = [cap for c in clusters for cap in c.demo_captions]
     dtext = encode_prompts(pipe.tokenizer, pipe.text_encoder, caps)
     ttext = encode_prompts(pipe.tokenizer, pipe.text_encoder, [c.target_caption for c in clusters])
@@ -210,6 +249,7 @@ def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
     pipe.to(cfg.device)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
+    pipe.personify_latent_cache = LatentCache()
     clusters = clusters if clusters is not None else SpriteClusters(cfg.world_cache, cfg.n_demos, cfg.seed)
     n = min(cfg.n_clusters or len(clusters), len(clusters))
     app = Apprentice(pipe.unet, pipe.scheduler.alphas_cumprod, t_demo=cfg.t_demo)
