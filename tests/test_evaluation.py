@@ -150,3 +150,16 @@ def test_vae_roundtrip_ceiling_input(tiny_pipe):
     assert r.shape == x.shape and 0 <= r.min() and r.max() <= 1
     assert torch.allclose(r, vae_roundtrip(tiny_pipe, x, batch=5), atol=1e-5)
     assert (r - x).abs().mean() > 0.05
+
+
+def test_half_precision_encoders_resize_other_sizes():
+    """The shipped mini evaluators are fp16: crops of another size are resized in float32 (the
+    antialiased bicubic kernel has no CPU half version) and embedded as the float32 model does."""
+    from personify.evaluation.encoders import DINOEncoder, tiny_dino
+
+    d = tiny_dino()
+    x = torch.rand(2, 3, 48, 48)
+    half = DINOEncoder(d.model.half())
+    out = half.image(x)
+    assert out.dtype == torch.float16 and out.shape == (2, 16)
+    assert torch.allclose(out.float(), DINOEncoder(d.model.float()).image(x), atol=2e-2)

@@ -23,7 +23,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _prep(x: torch.Tensor, size: int, mean, std) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> resized (bicubic, antialiased) and normalized, still differentiable."""
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        # in float32: antialiased bicubic has no CPU kernel for half (the mini evaluators ship fp16)
+        x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True).to(x.dtype)
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
