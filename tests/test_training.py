@@ -67,3 +67,27 @@ def test_checkpoint_selection_keeps_the_best(subject_dir, tmp_path):
     meta = read_concept(out / "best.safetensors")[1]
     assert meta["metrics"]["best_step"] == best["step"] and meta["metrics"]["best_value"] == pytest.approx(best["clip_i"])
     assert read_concept(out / "concept.safetensors")[1]["metrics"]["validation"] == curve
+
+
+def test_fused_adamw_same_update_and_used_by_default():
+    """make_adamw picks torch's fused kernel for CPU float params (the default of TrainConfig) and the
+    update matches the per-tensor AdamW up to float rounding; --no-fused-adamw gives the plain one."""
+    from personify.training.config import TrainConfig
+    from personify.training.loop import make_adamw
+
+    assert TrainConfig().fused_adamw
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(17, 5, generator=g), torch.randn(3, generator=g)]
+    grads = [[torch.randn(w.shape, generator=g) for w in ws] for _ in range(5)]
+    results = []
+    for fused in (True, False):
+        params = [w.clone().requires_grad_() for w in ws]
+        opt = make_adamw(params, lr=1e-2, weight_decay=1e-2, fused=fused)
+        assert bool(opt.defaults.get("fused")) is fused
+        for gs in grads:
+            for p, gr in zip(params, gs):
+                p.grad = gr.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b, w in zip(*results, ws):
+        assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, w, atol=1e-3)

