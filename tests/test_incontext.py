@@ -305,3 +305,63 @@ def test_latent_cache_is_an_exact_memo(pipe):
     pipe.personify_latent_cache = tiny
     make_batch(pipe, [cl[0]]), make_batch(pipe, [cl[0]])
     assert (tiny.misses, tiny.hits, len(tiny.items)) == (2, 0, 0)
+
+
+def test_generate_demos_defaults_to_the_shipped_mini_apprentice(tmp_path, capsys):
+    """`personify generate --demos DIR` without --apprentice uses assets/apprentice for the mini model
+    (fp16 on disk, trained on the shipped mini-sd), and only for it."""
+    from safetensors import safe_open
+
+    from personify.cli import main as cli
+    from personify.incontext.generate import ADAPTER_FORMAT, default_apprentice
+
+    shipped = default_apprentice("mini")
+    assert shipped is not None and shipped.is_file() and shipped.parent.name == "apprentice"
+    assert default_apprentice("tiny") is None and default_apprentice(str(shipped.parents[1] / "mini-sd")) is None
+    with safe_open(str(shipped), "pt") as f:
+        meta = json.loads(f.metadata()["personify"])
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert meta["format"] == ADAPTER_FORMAT
+    mini = load_pipeline("mini")
+    assert meta["base_model_hash"] == mini.personify_base_hash, (
+        "assets/mini-sd changed after the apprentice was trained: retrain it (benchmarks/incontext_mini.py --ship ...)")
+    sz = sum(p.stat().st_size for p in shipped.parent.glob("*.safetensors"))
+    assert sz <= 40 * 2**20
+    app = load_apprentice(mini, shipped)  # fp16 file into the fp32 pipeline
+    assert app.demo_layers[next(iter(app.demo_layers))].attn.to_out[0].weight.dtype == mini.unet.dtype
+    assert any(m.attn.to_out[0].weight.abs().sum() > 0 for m in app.demo_layers.values())  # trained, not the zero init
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "demos"
+    d.mkdir()
+    for i in range(3):
+        _solid(rng, (200, 40, 40), 64).save(d / f"{i}.png")
+    out = tmp_path / "out"
+    assert cli(["generate", "a [class] on the beach", "--demos", str(d), "--class-word", "dog", "--n", "1", "--steps", "2",
+                "--out", str(out)]) == 0
+    side = json.loads(next(out.glob("*.json")).read_text())
+    assert side["apprentice"] == str(shipped) and side["prompt"] == "a dog on the beach"
+    assert cli(["generate", "a dog", "--demos", str(d), "--model", "tiny", "--n", "1", "--steps", "1", "--out", str(out)]) == 2
+    assert "--apprentice is required" in capsys.readouterr().err
+
+
+def test_demo_cfg_cond_only_guides_with_the_demos(pipe):
+    """demo_cfg='cond': only the conditional CFG branch sees the demos. Zero-init: still the base model;
+    trained: differs from SuTI's both-branches variant."""
+    rng = np.random.default_rng(0)
+    demos = [_solid(rng, (200, 40, 40)) for _ in range(3)]
+    app = Apprentice(pipe.unet, pipe.scheduler.alphas_cumprod)
+    kw = dict(n=2, seed=3, steps=3, guidance=3.0)
+    with torch.no_grad():
+        base = generate_images(pipe, ["a dog"] * 2, [3, 4], steps=3, guidance=3.0)
+        cond0 = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", demo_cfg="cond", **kw)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(cond0, base))
+        for m in app.demo_layers.values():
+            torch.nn.init.normal_(m.attn.to_out[0].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        both = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", **kw)
+        cond = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", demo_cfg="cond", **kw)
+    assert all(np.abs(np.asarray(a, int) - np.asarray(b, int)).mean() > 1.0 for a, b in zip(both, cond))
+    with pytest.raises(PersonifyError, match="demo_cfg"):
+        generate_with_demos(pipe, app, demos, ["a"] * 3, "a dog", n=1, steps=1, demo_cfg="uncond")
+    with pytest.raises(ConfigError):
+        DemosConfig(demo_cfg="uncond")

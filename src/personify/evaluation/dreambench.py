@@ -237,12 +237,13 @@ def base_clip_t(pipe, bench: Benchmark, subject: Subject, ev: Evaluator, n_per_p
 
 
 def apprentice_generator(pipe, apprentice, subject: Subject, n_demos: int = 3, steps: int = 25, guidance: float = 7.5,
-                         caption: str = "a photo of a {}") -> tuple[Callable[[list[str], list[int]], list[Image.Image]], list[Path]]:
+                         caption: str = "a photo of a {}", demo_cfg: str = "both") -> tuple[Callable[[list[str], list[int]], list[Image.Image]], list[Path]]:
     """`generate(prompts, seeds)` for `evaluate_subject` with the in-context apprentice, zero tuning.
 
     The demonstrations are the subject's first `n_demos` real images in file order (DreamBooth trains
     on all of them, so the apprentice sees a subset of the same information), each captioned
-    `caption.format(class_word)`; the metrics still compare against all real images. `apprentice`:
+    `caption.format(class_word)`; the metrics still compare against all real images. `demo_cfg`: which
+    CFG branches see the demos (`generate_with_demos`). `apprentice`:
     weights path, state dict or `Apprentice` (see `incontext.load_apprentice`). Returns the callable
     and the demo paths."""
     from ..data.images import load_rgb
@@ -257,6 +258,7 @@ def apprentice_generator(pipe, apprentice, subject: Subject, n_demos: int = 3, s
     app = load_apprentice(pipe, apprentice)
 
     def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        return generate_with_demos(pipe, app, demos, captions, prompts, seeds=seeds, steps=steps, guidance=guidance)
+        return generate_with_demos(pipe, app, demos, captions, prompts, seeds=seeds, steps=steps, guidance=guidance,
+                                   demo_cfg=demo_cfg)
 
     return generate, paths

@@ -19,6 +19,7 @@ from .model import Apprentice, DemoContext
 MIN_DEMOS, MAX_DEMOS = 2, 8
 CONSISTENCY_THRESHOLD = 0.6  # mean pairwise CLIP image cosine below this -> "different subjects?" warning
 ADAPTER_FORMAT = "personify.apprentice/1"
+DEMO_CFG = ("both", "cond")  # which CFG branches see the demos
 
 
 def check_demo_count(n: int) -> None:
@@ -109,14 +110,18 @@ def encode_demo_images(pipe, apprentice: Apprentice, demo_images: list[Image.Ima
 def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], demo_captions: list[str], prompt: str | list[str],
                         n: int = 4, seed: int = 0, steps: int = 25, guidance: float = 7.5, sampler: str = "ddim",
                         clip=None, consistency_threshold: float = CONSISTENCY_THRESHOLD, negative_prompt: str = "",
-                        seeds: list[int] | None = None, batch_size: int = 16) -> list[Image.Image]:
+                        seeds: list[int] | None = None, batch_size: int = 16, demo_cfg: str = "both") -> list[Image.Image]:
     """Generate `n` images of the demonstrated subject for `prompt`, in one sampling run, no tuning.
 
     `prompt` may be a list: then one image per prompt (`n` is ignored), image i with `seeds[i]`
     (default `seed + i`); the demos are encoded once and the images sampled `batch_size` at a time.
     2-8 demos (else PersonifyError); with `clip` given, a consistency check warns when the demos look
-    like different subjects. CFG: both branches see the demos (as in SuTI); only the text differs."""
+    like different subjects. CFG: `demo_cfg="both"`: both branches see the demos (as in SuTI); only the
+    text is amplified. `"cond"`: only the conditional branch sees them, so guidance amplifies the demo
+    signal too (ε = ε(∅) + w·(ε(text, demos) − ε(∅)): higher subject fidelity, lower prompt fidelity)."""
     check_demo_count(len(demo_images))
+    if demo_cfg not in DEMO_CFG:
+        raise PersonifyError(f"demo_cfg must be one of {', '.join(DEMO_CFG)}, got {demo_cfg!r}")
     if len(demo_captions) != len(demo_images):
         raise PersonifyError(f"{len(demo_images)} demo images but {len(demo_captions)} captions; give one caption per image")
     prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
@@ -134,7 +139,13 @@ def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], 
     out: list[Image.Image] = []
     with torch.no_grad():
         uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt]).to(dtype)
-        model = cfg_denoiser(app.denoiser(ctx), uncond, guidance)
+        if demo_cfg == "both" or guidance == 1.0:
+            model = cfg_denoiser(app.denoiser(ctx), uncond, guidance)
+        else:
+            def model(x, t, cond):
+                e_u = app(x, t, uncond.expand_as(cond), None)
+                e_c = app(x, t, cond, ctx)
+                return e_u + guidance * (e_c - e_u)
         for start in range(0, len(prompts), batch_size):
             ps, ss = prompts[start : start + batch_size], seeds[start : start + batch_size]
             x = torch.cat([initial_noise(pipe, s, size, size) for s in ss]).to(dev, dtype)
@@ -150,7 +161,7 @@ def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], 
 class DemosConfig:
     prompt: str = field(default="", metadata={"help": "text prompt; '[class]' is replaced by --class-word", "cli": False})
     demos: str = field(default="", metadata={"help": "folder with 2-8 photos of one subject (optional name.txt captions)"})
-    apprentice: str = field(default="", metadata={"help": "apprentice weights (.safetensors from personify incontext train)"})
+    apprentice: str = field(default="", metadata={"help": "apprentice weights (.safetensors from personify incontext train); default for --model mini: the shipped one"})
     model: str = field(default="mini", metadata={"help": "base model the apprentice was trained on"})
     class_word: str = field(default="", metadata={"help": "subject class word for '[class]' and default demo captions"})
     seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed+i"})
@@ -158,6 +169,7 @@ class DemosConfig:
     guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale (both branches see the demos)"})
     sampler: str = field(default="ddim", metadata={"help": f"one of {', '.join(SAMPLERS)}"})
     n: int = field(default=4, metadata={"help": "number of images"})
+    demo_cfg: str = field(default="both", metadata={"help": "CFG branches that see the demos: 'both' (SuTI; follows the prompt) or 'cond' (guidance amplifies the subject too; closer to the demos, follows the prompt less)"})
     out: str = field(default="out", metadata={"help": "output folder"})
     clip: str | None = field(default=None, metadata={"help": "local CLIP folder for the demo consistency check (skipped if unset)"})
     consistency_threshold: float = field(default=CONSISTENCY_THRESHOLD, metadata={"help": "warn when mean pairwise CLIP similarity of demos is below this"})
@@ -167,7 +179,19 @@ class DemosConfig:
         check(1 <= self.n <= 10_000, f"n must be in 1..10000, got {self.n}")
         check(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         check(self.guidance >= 1.0, f"guidance must be >= 1, got {self.guidance}")
+        check(self.demo_cfg in DEMO_CFG, f"demo_cfg must be one of {', '.join(DEMO_CFG)}, got {self.demo_cfg!r}")
         check(-1.0 <= self.consistency_threshold <= 1.0, f"consistency_threshold must be in [-1, 1], got {self.consistency_threshold}")
+
+
+def default_apprentice(model: str) -> Path | None:
+    """The apprentice shipped for the embedded mini model (`assets/apprentice`), else None: weights are
+    tied to the base model they were trained on, so no other model gets a default."""
+    if model != "mini":
+        return None
+    from importlib import resources
+
+    p = Path(str(resources.files("personify") / "assets" / "apprentice" / "apprentice.safetensors"))
+    return p if p.is_file() else None
 
 
 def main(cfg: DemosConfig) -> list[Path]:
@@ -177,9 +201,17 @@ def main(cfg: DemosConfig) -> list[Path]:
 
     if not cfg.demos:
         raise PersonifyError("--demos is required: a folder with 2-8 photos of the subject")
-    if not cfg.apprentice:
-        raise PersonifyError("--apprentice is required: weights from `personify incontext train`")
+    apprentice = cfg.apprentice or default_apprentice(cfg.model)
+    if not apprentice:
+        raise PersonifyError(f"--apprentice is required for model {cfg.model!r} (a default ships only for 'mini'): "
+                             "weights from `personify incontext train`")
     pipe = load_pipeline(cfg.model)
+    if not cfg.apprentice:
+        try:
+            load_apprentice(pipe, apprentice)
+        except PersonifyError as e:
+            raise PersonifyError(f"the shipped apprentice does not fit this mini model ({e}); retrain it with "
+                                 "benchmarks/incontext_mini.py or pass --apprentice FILE") from None
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     subj = SubjectImages(cfg.demos, size, subject=False)
     check_demo_count(len(subj))
@@ -191,8 +223,9 @@ def main(cfg: DemosConfig) -> list[Path]:
         from ..evaluation.encoders import load_clip
 
         clip = load_clip(cfg.clip)
-    images = generate_with_demos(pipe, cfg.apprentice, [it.image for it in subj.items], captions, prompt, cfg.n, cfg.seed,
-                                 cfg.steps, cfg.guidance, cfg.sampler, clip=clip, consistency_threshold=cfg.consistency_threshold)
+    images = generate_with_demos(pipe, str(apprentice), [it.image for it in subj.items], captions, prompt, cfg.n, cfg.seed,
+                                 cfg.steps, cfg.guidance, cfg.sampler, clip=clip, consistency_threshold=cfg.consistency_threshold,
+                                 demo_cfg=cfg.demo_cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -200,8 +233,8 @@ def main(cfg: DemosConfig) -> list[Path]:
         p = out / f"demos-{cfg.seed + i:06d}.png"
         img.save(p)
         side = {"prompt": prompt, "seed": cfg.seed + i, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash,
-                "apprentice": cfg.apprentice, "demos": [str(it.path) for it in subj.items], "demo_captions": captions,
-                "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance}
+                "apprentice": str(apprentice), "demos": [str(it.path) for it in subj.items], "demo_captions": captions,
+                "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "demo_cfg": cfg.demo_cfg}
         p.with_suffix(".json").write_text(json.dumps(side, indent=1))
         paths.append(p)
     return paths
