@@ -91,3 +91,21 @@ def test_fused_adamw_same_update_and_used_by_default():
         results.append([p.detach() for p in params])
     for a, b, w in zip(*results, ws):
         assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, w, atol=1e-3)
+
+
+def test_rerun_of_a_finished_or_resumed_run_reports_the_whole_training(subject_dir, tmp_path, monkeypatch):
+    """train_seconds and final_loss travel in checkpoints: resuming to more steps adds to them, and
+    re-running a finished run (benchmarks reuse trainings this way) keeps them instead of 0 s / NaN."""
+    import math
+
+    import personify.training.loop as L
+
+    clock = iter(range(0, 10_000, 5))  # every time.time() call in the loop advances 5 "seconds"
+    monkeypatch.setattr(L.time, "time", lambda: float(next(clock)))
+    out = str(tmp_path / "run")
+    m1 = read_concept(personify.train("dreambooth", images=subject_dir, out=out, steps=2, **BASE))[1]["metrics"]
+    m2 = read_concept(personify.train("dreambooth", images=subject_dir, out=out, steps=2, resume=True, **BASE))[1]["metrics"]
+    m3 = read_concept(personify.train("dreambooth", images=subject_dir, out=out, steps=3, resume=True, **BASE))[1]["metrics"]
+    assert m1["train_seconds"] > 0 and math.isfinite(m1["final_loss"])
+    assert m2["train_seconds"] >= m1["train_seconds"] and m2["final_loss"] == m1["final_loss"]
+    assert m3["train_seconds"] > m2["train_seconds"] and m3["steps"] == 3

@@ -149,7 +149,7 @@ class Trainer:
                 (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
 
         self.validator = self._make_validator(images) if cfg.validate_every and acc.is_main_process else None
-        start = 0
+        start, self._before = 0, {"train_seconds": 0.0, "final_loss": float("nan")}
         if cfg.resume and existing:
             start = self._resume(existing[-1][1], opt)
         state_base = {"method": method.name, "seed": cfg.seed, "global_batch": global_batch, "personify": __version__}
@@ -163,7 +163,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=mcfg.steps, initial=start, disable=not (acc.is_main_process and cfg.progress), unit="step", dynamic_ncols=True)
-        step, loss_value, t0 = start, float("nan"), time.time()
+        step, loss_value, t0 = start, self._before["final_loss"], time.time()
+
+        def totals() -> dict:  # carried in checkpoints so a resumed (or re-run finished) run reports the whole run
+            return {"train_seconds": round(self._before["train_seconds"] + time.time() - t0, 2), "final_loss": loss_value}
         try:
             while step < mcfg.steps:
                 for g in opt.param_groups:
@@ -174,20 +177,20 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
                 acc.log({"train/loss": loss_value, "train/lr": opt.param_groups[0]["lr"]}, step=step)
                 if step % cfg.checkpoint_every == 0 or step == mcfg.steps:
-                    self._save(step, opt, state_base)
+                    self._save(step, opt, {**state_base, **totals()})
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == mcfg.steps):
                     self._samples(step)
                 if self.validator is not None and (step % cfg.validate_every == 0 or step == mcfg.steps):
                     self._validate(step)
         except KeyboardInterrupt:
             if step > start and not any(s == step for s, _ in list_checkpoints(self.out)):
-                self._save(step, opt, state_base)
+                self._save(step, opt, {**state_base, **totals()})
             raise PersonifyError(f"interrupted at step {step}; checkpoint saved in {self.out}; rerun with --resume to continue") from None
         finally:
             bar.close()
             pipe.unet.eval()  # the trained pipeline generates like the reloaded artifact (LoRA dropout off)
             pipe.text_encoder.eval()
-        metrics = {"final_loss": loss_value, "steps": step, "train_seconds": round(time.time() - t0, 2), "trainable_params": n_train}
+        metrics = {**totals(), "steps": step, "trainable_params": n_train}
         artifact = self.out / "concept.safetensors"
         if acc.is_main_process:
             if self.validator is not None:
@@ -337,6 +340,7 @@ class Trainer:
                 if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in opt.state.get(p, {}).values()):
                     raise PersonifyError(f"{path}: its optimizer state does not fit this run's trainable parameters "
                                          "(written by another personify version or other method settings); train into a new --out")
+        self._before = {"train_seconds": float(state.get("train_seconds", 0.0)), "final_loss": float(state.get("final_loss", float("nan")))}
         self.acc.print(f"personify: resumed from {path} (step {state['step']})")
         return int(state["step"])
 
