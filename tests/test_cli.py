@@ -63,3 +63,20 @@ def test_entry_point_offline(tmp_path):
                         "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "contact_sheet.png").is_file()
+
+
+def test_simple_commands_print_paths_not_result_objects(monkeypatch, tmp_path, capsys):
+    """`personify seedselect` used to print the whole SeedSelectResult (every latent) after its own summary."""
+    import personify.cli as C
+
+    class Result:  # what seedselect.main returns: an object, not a path
+        def __repr__(self):
+            return "Result(" + "x" * 5000 + ")"
+
+    real_import = C._import
+    for returned, shown in ((Result(), False), (tmp_path / "out.png", True)):
+        fake = lambda cfg, r=returned: r  # noqa: E731  (the command function; its config is still parsed for real)
+        monkeypatch.setattr(C, "_import", lambda path, f=fake: f if path.endswith(":main") and "seedselect" in path else real_import(path))
+        assert C.main(["seedselect", "--images", str(tmp_path), "--prompt", "a photo of a dog"]) == 0
+        out = capsys.readouterr().out
+        assert ("seedselect: wrote" in out) is shown and "xxxx" not in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import warnings
 from typing import Any
@@ -88,7 +89,7 @@ def cmd_simple(name: str, args: argparse.Namespace) -> int:
     result = _import(fn_path)(_layered(_import(cfg_path), section, args, args.config or "command line"))
     if isinstance(result, int):
         return result
-    if result is not None:
+    if isinstance(result, (str, os.PathLike)):  # other results (e.g. SeedSelectResult) were summarised by the command
         print(f"{name}: wrote {result}")
     return 0
 
