@@ -57,9 +57,11 @@ def main() -> int:
             from personify.artifact import read_concept
 
             secs.append(read_concept(a)[1]["metrics"]["train_seconds"])
+        # artifacts trained before train_seconds travelled in checkpoints report 0 when reused: show n/a
+        train_s = f"{sum(secs) / len(secs):.0f}" if secs and all(s > 0 for s in secs) else "n/a"
         o, n = s["overall"], s["normalized"]
         lines.append(f"| {label} | {s['subjects']} | {o['dino']:.3f} | {o['clip_i']:.3f} | {o['clip_t']:.3f} | {n['dino']:.3f} | "
-                     f"{n['clip_i']:.3f} | {n.get('clip_t', float('nan')):.3f} | {sum(secs) / max(1, len(secs)):.0f} | {kb:.0f} |")
+                     f"{n['clip_i']:.3f} | {n.get('clip_t', float('nan')):.3f} | {train_s} | {kb:.0f} |")
     lines += ["", "Per prompt kind:", "", "| method | kind | DINO | CLIP-I | CLIP-T |", "|---|---|---|---|---|"]
     for label, s in res["summary"].items():
         for k, v in s["per_kind"].items():
