@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ...errors import PersonifyError
-from ...tokens import TrainableRows, add_placeholder_tokens, rare_identifier
+from ...tokens import RowParameter, add_placeholder_tokens, rare_identifier
 from .. import register
 from ..base import Method, prefixed, unprefixed
 from .augment import augment_batch
@@ -114,7 +114,8 @@ class CustomDiffusion(Method):
         te, unet = self.pipe.text_encoder, self.pipe.unet
         for t, init in zip(self.tokens, self.initializers):
             self.ids += add_placeholder_tokens(self.pipe.tokenizer, te, t, 1, init)
-        self.rows = TrainableRows(te, self.ids)
+        # the modifier rows as their own (N, D) parameter: AdamW no longer walks the whole (V, D) matrix
+        self.rows = RowParameter(te, self.ids)
         self._unet_params = cross_attention_parameters(unet, self.config.freeze_model)
         for p in self._unet_params.values():
             p.requires_grad_(True)
@@ -220,7 +221,11 @@ class CustomDiffusion(Method):
 
     # --- training -----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [self._embedding(), *self._unet_params.values()]
+        return [self.rows.param, *self._unet_params.values()]
+
+    def encode_text(self, batch: dict[str, Any]) -> torch.Tensor:
+        with self.rows.swapped_in():
+            return super().encode_text(batch)
 
     def _canvas(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent of a mid-grey image (0 in [-1, 1]) at the batch's size."""
@@ -244,7 +249,7 @@ class CustomDiffusion(Method):
         return super().loss(batch)
 
     def after_step(self) -> None:
-        self.rows.restore()
+        self.rows.sync()
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -258,6 +263,8 @@ class CustomDiffusion(Method):
         emb = self._embedding()
         with torch.no_grad():
             emb[self.ids] = vec.to(emb.device, emb.dtype)
+        if hasattr(self, "rows"):
+            self.rows.set(vec)
         _copy_unet(self.pipe.unet, unprefixed(UNET_PREFIX, state), "checkpoint")
 
     def metadata(self) -> dict[str, Any]:
