@@ -370,11 +370,8 @@ def write(rows: dict, args, wall: float, timing: dict, command: str, doc: str) -
     from results_doc import write_section  # benchmarks/ is on sys.path when this runs as a script
 
     block = table(rows, args, wall, timing, command)
-    notes = Path(__file__).with_name("custom_diffusion_pairs.md")
-    if notes.is_file():  # hand-written commentary kept beside the script, so a rerun keeps it
-        block += "\n\n" + notes.read_text().strip()
     print(block)
-    print(f"wrote {write_section(SECTION, block, doc)}")
+    print(f"wrote {write_section(SECTION, block, doc, notes=Path(__file__).with_suffix('.md'))}")
 
 
 if __name__ == "__main__":

@@ -66,12 +66,9 @@ def main() -> int:
     for label, s in res["summary"].items():
         for k, v in s["per_kind"].items():
             lines.append(f"| {label} | {k} | {v['dino']:.3f} | {v['clip_i']:.3f} | {v['clip_t']:.3f} |")
-    notes = Path(__file__).with_suffix(".md")  # hand-written reading of the numbers, kept across reruns
-    if notes.exists():
-        lines += ["", notes.read_text().strip()]
     from results_doc import write_section
 
-    print(f"wrote {write_section('mini-dreambench', chr(10).join(lines), args.doc)}")
+    print(f"wrote {write_section('mini-dreambench', chr(10).join(lines), args.doc, notes=Path(__file__).with_suffix('.md'))}")
     return 0
 
 

@@ -11,8 +11,12 @@ HEADER = ("# Results\n\nEvery number here is written by a benchmark script in `b
           "command that regenerates it. Sections are regenerated independently.\n")
 
 
-def write_section(name: str, body: str, doc: str | Path = DOC) -> Path:
+def write_section(name: str, body: str, doc: str | Path = DOC, notes: str | Path | None = None) -> Path:
+    """`notes`: a hand-written reading of the numbers kept beside the script (e.g. the script's path with
+    `.md`); appended to the block when it exists, so a rerun keeps it."""
     doc = Path(doc)
+    if notes is not None and Path(notes).is_file():
+        body = body.rstrip() + "\n\n" + Path(notes).read_text().strip()
     text = doc.read_text() if doc.exists() else HEADER
     block = f"<!-- {name}:begin -->\n{body.rstrip()}\n<!-- {name}:end -->"
     pat = re.compile(rf"<!-- {re.escape(name)}:begin -->.*?<!-- {re.escape(name)}:end -->", re.S)
