@@ -41,7 +41,8 @@ def main() -> int:
     from personify.models.loading import load_pipeline
     from personify.seedselect.config import default_clip_path
     from personify.seedselect.core import Settings
-    from personify.seedselect.experiment import LongTailConfig, _pixels, mini_classifier, run_fewshot, run_longtail, world_references
+    from personify.evaluation.dreambench import pixels
+    from personify.seedselect.experiment import LongTailConfig, mini_classifier, run_fewshot, run_longtail, world_references
     from personify.seedselect.run import resolve_clip
     from personify.world.builder import load_meta
 
@@ -66,7 +67,7 @@ def main() -> int:
         return {c: [Image.open(p).convert("RGB") for p in sorted((out / method / c.replace(" ", "_")).glob("*.png"))] for c in classes}
 
     with torch.no_grad():
-        feats = lambda ims: dino.image(_pixels(ims)).float()  # noqa: E731
+        feats = lambda ims: dino.image(pixels(ims)).float()  # noqa: E731
         ks = sorted({args.n_per_class // 2, args.n_per_class} - {0})
         fewshot = run_fewshot(feats, refs, test, {"seedselect": load("seedselect"), "baseline": load("baseline")}, ks)
     (out / "fewshot.json").write_text(json.dumps(fewshot, indent=1))
@@ -95,13 +96,10 @@ def main() -> int:
     per_class = {m: sum(r["accuracy"] > 0 for r in rows if r["method"] == m) for m in summary}
     lines += ["", "Classes with at least one correctly classified image: "
               + ", ".join(f"{m} {v}/{len(classes)}" for m, v in per_class.items()) + "."]
-    notes = Path(__file__).with_suffix(".md")  # hand-written reading of the numbers, kept across reruns
-    if notes.exists():
-        lines += ["", notes.read_text().strip()]
     sys.path.insert(0, str(Path(__file__).parent))
     from results_doc import write_section
 
-    print(f"wrote {write_section('seedselect', chr(10).join(lines), args.doc)}")
+    print(f"wrote {write_section('seedselect', chr(10).join(lines), args.doc, notes=Path(__file__).with_suffix('.md'))}")
     return 0
 
 

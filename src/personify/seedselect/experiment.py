@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..evaluation.dreambench import pixels
 from .core import References, Settings, encode_references, seedselect, seedselect_multi
 from .run import render
 
@@ -92,12 +93,6 @@ def mini_classifier(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Te
     return f, list(model.config.get("class_names") or [])
 
 
-def _pixels(images) -> torch.Tensor:
-    from ..data.images import to_tensor
-
-    return torch.stack([to_tensor(im) for im in images]) / 2 + 0.5
-
-
 def run_longtail(pipe, loss_clip, classify: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str],
                  references: dict[str, list], cfg: LongTailConfig, out: str | Path,
                  dino=None, log: Callable[[str], None] | None = None) -> dict:
@@ -141,7 +136,7 @@ def run_longtail(pipe, loss_clip, classify: Callable[[torch.Tensor], torch.Tenso
             d.mkdir(parents=True, exist_ok=True)
             for i, im in enumerate(ims):
                 im.save(d / f"{i:03d}.png")
-            x = _pixels(ims)
+            x = pixels(ims)
             pred = classify(x).argmax(-1).tolist()
             target = list(class_names).index(c) if c in class_names else -1
             with torch.no_grad():
@@ -149,7 +144,7 @@ def run_longtail(pipe, loss_clip, classify: Callable[[torch.Tensor], torch.Tenso
                 clip_sim = (loss_clip.image(x).float().cpu() @ ccent).mean().item()
                 dino_sim = None
                 if dino is not None:
-                    rd = dino.image(_pixels(references[c])).float().mean(0)
+                    rd = dino.image(pixels(references[c])).float().mean(0)
                     dino_sim = (dino.image(x).float() @ torch.nn.functional.normalize(rd, dim=-1)).mean().item()
             rows.append({"method": method, "class": c, "n": len(ims), "accuracy": float(np.mean([p == target for p in pred])),
                          "dino_similarity": dino_sim, "clip_similarity_loss_encoder": clip_sim,
