@@ -151,12 +151,30 @@ def test_setup_freezes_the_model_and_trains_only_the_placeholder_rows():
     assert not pipe.text_encoder.get_input_embeddings()._forward_hooks  # the swap hook lives only inside encode_text
 
 
+class _MaskedWholeMatrix:
+    """The reference implementations' way (diffusers' textual_inversion.py): the optimizer gets the
+    whole (V, D) matrix, the other rows' gradients are masked to zero and the rows restored after
+    every step (AdamW's weight decay would still move them)."""
+
+    def __init__(self, text_encoder, ids: list[int]):
+        self.weight = text_encoder.get_input_embeddings().weight  # (V, D)
+        self.weight.requires_grad_(True)
+        self.frozen = torch.ones(self.weight.shape[0], dtype=torch.bool)
+        self.frozen[ids] = False
+        self.original = self.weight.detach().clone()
+        mask = (~self.frozen).to(self.weight.dtype)[:, None]  # (V, 1)
+        self.weight.register_hook(lambda g: g * mask)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            self.weight[self.frozen] = self.original[self.frozen]
+
+
 def test_rows_train_as_the_whole_masked_matrix_would():
     """The (N, D) parameter moves exactly like the placeholder rows of the whole embedding matrix
     with the other rows' gradients masked to zero (the reference implementation's optimizer): the
     same AdamW update, weight decay and clipping, and the other rows stay bit-identical."""
     from personify.methods.base import Method
-    from personify.tokens import TrainableRows
 
     prompts = ["a photo of a <d> <d>_1", "a <d> <d>_1 and a <d> <d>_1"]  # repeated tokens: gradients sum
     pipe = load_pipeline("tiny")
@@ -166,7 +184,7 @@ def test_rows_train_as_the_whole_masked_matrix_would():
     ref = TextualInversion(ref_pipe, TextualInversionConfig(class_word="dog", placeholder="<d>", num_vectors=2))
     ref.setup()
     ref.encode_text = lambda batch: Method.encode_text(ref, batch)  # the plain lookup of the matrix, no swap
-    whole = TrainableRows(ref_pipe.text_encoder, ref.ids)
+    whole = _MaskedWholeMatrix(ref_pipe.text_encoder, ref.ids)
     before = ref_pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     opts = [torch.optim.AdamW(m.trainable_parameters(), lr=5e-2, weight_decay=0.1), torch.optim.AdamW([whole.weight], lr=5e-2, weight_decay=0.1)]
     for _ in range(3):

@@ -104,45 +104,12 @@ def expand_placeholder(prompt: str, placeholder: str, num_vectors: int) -> str:
     return prompt.replace(placeholder, full)
 
 
-class TrainableRows:
-    """Train only some rows of the text encoder's token-embedding matrix (Textual Inversion's
+class RowParameter:
+    """Train some rows of the token-embedding matrix as their own (N, D) parameter (Textual Inversion's
     placeholders, Custom Diffusion's modifier tokens).
 
-    An embedding layer has one weight, so the optimizer sees the whole (V, D) matrix: gradients of
-    the other rows are masked to zero, and since AdamW's weight decay would still move them, they are
-    restored after every step (as the diffusers reference implementation does).
-    """
-
-    def __init__(self, text_encoder, ids: list[int]):
-        import torch
-
-        self.text_encoder, self.ids = text_encoder, list(ids)
-        emb = self.weight
-        emb.requires_grad_(True)
-        self.frozen = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-        self.frozen[self.ids] = False
-        self.original = emb.detach().clone()
-        mask = (~self.frozen).to(emb.dtype)[:, None]  # (V, 1)
-        self.hook = emb.register_hook(lambda g: g * mask.to(g.dtype))
-
-    @property
-    def weight(self):
-        return self.text_encoder.get_input_embeddings().weight  # (V, D)
-
-    def restore(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            self.weight[self.frozen] = self.original[self.frozen]
-
-    def rows(self):
-        return self.weight[self.ids].detach().clone()  # (N, D)
-
-
-class RowParameter:
-    """Train some rows of the token-embedding matrix as their own (N, D) parameter (Textual Inversion).
-
-    Unlike `TrainableRows`, the optimizer, gradient clipping and weight decay see only these N·D
+    Unlike the reference implementations, which hand the whole matrix to the optimizer, mask the other
+    rows' gradients and restore them after every step, the optimizer, gradient clipping and weight decay see only these N·D
     numbers, not the whole (V, D) matrix (49,408 x 768 on SD): a step skips the AdamW update, the
     gradient mask and the restore over every row, and the optimizer state is N·D instead of 2·V·D.
     The learned rows move exactly as before — AdamW is elementwise and the other rows' gradients were
