@@ -206,3 +206,23 @@ def test_bad_config_values(capsys, tmp_path):
     cfg.write_text("generate: [unclosed\n")
     code, err = run_cli(capsys, "generate", "x", "--config", str(cfg))
     assert_one_line(err, "c.yaml", "cannot parse")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    """artifact.atomic_write (artifacts, apprentice checkpoints, expert shards, mini checkpoints): a
+    writer that dies half-way (a full disk) leaves the previous file and no temp file behind."""
+    import errno
+
+    from personify.artifact import atomic_write
+    from personify.errors import PersonifyError
+
+    target = tmp_path / "shard.npz"
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"old"))
+
+    def dies_half_way(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(PersonifyError, match="shard.npz: could not write .*No space left.*free disk space"):
+        atomic_write(target, dies_half_way)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["shard.npz"]

@@ -15,7 +15,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -26,18 +26,26 @@ from .errors import PersonifyError
 FORMAT = "personify.concept/1"
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write to `path.tmp`, fsync, then rename: a crash or full disk never leaves a half file."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` into a hidden temp file beside `path` (unique per process, so concurrent writers of
+    one path never share it), fsync, rename: a crash, a killed worker or a full disk never leaves a
+    half file, and an OSError is one line naming the file and the fix."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise PersonifyError(f"{path}: could not write ({e.strerror or e}); free disk space and retry") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata))
 
 
 def save_concept(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], dtype: torch.dtype | None = None) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import zlib
@@ -189,14 +188,12 @@ def make_shard(cluster: Cluster, subject: str, cfg: ExpertsConfig) -> dict:
 
 
 def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a hidden temp file beside `path` (unique per process), fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as f:
+    """np.savez, atomically (`artifact.atomic_write`: per-process temp file, fsync, rename)."""
+    from ..artifact import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import check
+from ..artifact import atomic_save_safetensors, atomic_write
 from ..errors import PersonifyError
 from ..sampling import encode_prompts
 from .generate import ADAPTER_FORMAT, MAX_DEMOS, MIN_DEMOS
@@ -158,7 +158,6 @@ def train_steps(app: Apprentice, scheduler, next_batch: Callable[[int], Batch], 
 
 
 def save_adapter(app: Apprentice, path: Path, pipe, extra: dict | None = None) -> None:
-    from ..artifact import atomic_save_safetensors
 
     meta = {"format": ADAPTER_FORMAT, "base_model_hash": getattr(pipe, "personify_base_hash", ""), "t_demo": app.t_demo,
             "demo_noise_seed": app.demo_noise_seed, **(extra or {})}
@@ -168,16 +167,7 @@ def save_adapter(app: Apprentice, path: Path, pipe, extra: dict | None = None) -
 def save_checkpoint(path: Path, app: Apprentice, opt, step: int, generator: torch.Generator, full_unet: bool, cfg: dict) -> None:
     state = {"step": step, "adapter": app.adapter_state_dict(), "optimizer": opt.state_dict(), "generator": generator.get_state(),
              "config": cfg, "unet": {k: v.cpu() for k, v in app.unet.state_dict().items()} if full_unet else None}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PersonifyError(f"{path}: could not write checkpoint ({e.strerror or e}); free disk space and retry") from None
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, app: Apprentice, opt, generator: torch.Generator) -> int:
@@ -232,9 +222,7 @@ def expert_triples(cfg: ApprenticeTrainConfig, out: Path, resumed: bool):
     names = json.loads(pinned.read_text()) if resumed and pinned.is_file() else None
     triples = ExpertTriples(cfg.experts, cfg.n_demos, names)
     if names is None:
-        tmp = pinned.with_name(pinned.name + ".tmp")
-        tmp.write_text(json.dumps(triples.names))
-        os.replace(tmp, pinned)
+        atomic_write(pinned, lambda tmp: tmp.write_text(json.dumps(triples.names)))
     return triples
 
 
@@ -286,8 +274,7 @@ def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
     path = out / "apprentice.safetensors"
     extra = {"steps": cfg.steps, "n_demos": cfg.n_demos}
     if cfg.unet_lr > 0:
-        from ..artifact import atomic_save_safetensors
-
+    
         atomic_save_safetensors(app.unet.state_dict(), out / "unet.safetensors")
         extra["unet_file"] = "unet.safetensors"
     save_adapter(app, path, pipe, extra)

@@ -51,11 +51,9 @@ def step_generator(seed: int, tag: str, step: int) -> torch.Generator:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from ..artifact import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_dir(path: Path, writer) -> object:
