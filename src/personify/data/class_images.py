@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..artifact import atomic_write
 from ..generate import generate_images
 
 CLASS_STEPS = 25
@@ -43,15 +44,11 @@ def class_images(pipe, prompt: str, n: int, resolution: int, seed: int = 0, root
         for i, s, img in zip(idx, seeds, images):
             name = f"{i:05d}.png"
             # Experts fanned out over subjects (incontext.experts) fill one class's folder from several
-            # processes: hidden per-process temp names + rename, so no reader sees half a file.
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            img.save(tmp, format="PNG")
-            os.replace(tmp, folder / name)
+            # processes: per-process temp names + rename, so no reader sees half a file.
+            atomic_write(folder / name, lambda tmp, img=img: img.save(tmp, format="PNG"))
             have[name] = {"seed": s}
         manifest["images"] = have
-        tmp = folder / f".manifest.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, manifest_path)  # progress survives an interruption
+        atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))  # progress survives an interruption
     return [folder / f"{i:05d}.png" for i in range(n)]
 
 

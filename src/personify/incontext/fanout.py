@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..artifact import atomic_write
 from ..config import to_dict
 from ..errors import PersonifyError
 from .experts import ExpertsConfig, make_shard, shard_path
@@ -112,9 +113,7 @@ def run_experts(cfg: ExpertsConfig, clusters=None, names: list[str] | None = Non
             ray.shutdown()
     summary = {"subjects": n, "skipped": n - len(todo), "written": done, "failed": failed, "attempts": {names[i]: a for i, a in attempts.items()},
                "seconds": round(time.time() - t0, 2), "config": to_dict(cfg)}
-    tmp = out / ".experts.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, out / "experts.json")
+    atomic_write(out / "experts.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1, default=str)))
     if failed:
         raise PersonifyError(f"{len(failed)} expert(s) failed after {cfg.max_attempts} tries ({next(iter(failed))}: {next(iter(failed.values()))}); "
                              f"rerun the same command to retry only the missing shards")
