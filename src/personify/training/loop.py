@@ -94,6 +94,8 @@ class Trainer:
         self.mcfg = method_config
         self.cfg = cfg
         self.pipe = pipe
+        self.owns_pipe = pipe is None  # a pipeline we loaded ourselves may shed parts no one else will use
+        self.released_encoders = False
         self.out = Path(cfg.out)
         if cfg.images is None:
             raise PersonifyError("no subject images given; pass --images DIR with 3-5 photos of your subject")
@@ -132,6 +134,7 @@ class Trainer:
         self.inst = Pool.encode(pipe.vae, images, [method.captions(it.caption) for it in images.items], cfg.flip)
         self.prior = prior
         self.text_cache = self._text_cache(method)
+        self._release_encoders(method)
 
         params = method.trainable_parameters()
         if not params:
@@ -227,6 +230,21 @@ class Trainer:
         with torch.no_grad():
             embs = torch.cat([encode_prompts(self.pipe.tokenizer, self.pipe.text_encoder, prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
         return dict(zip(prompts, embs))
+
+    def _release_encoders(self, method: Method) -> None:
+        """Free the VAE and the frozen text encoder once their outputs are cached, when nothing later in
+        this run needs them (no sample grids, no validation) and the pipeline is ours (a caller's pipeline
+        is left whole). They move to the meta device: configs stay readable, storage is freed before the
+        optimizer allocates its state, so the peak holds only what trains. Mini DreamBooth: -44 MB of
+        fp32 weights; SD 1.5: -0.6 GB."""
+        cfg = self.cfg
+        if not (self.owns_pipe and method.text_frozen and not cfg.sample_every and not cfg.validate_every):
+            return
+        for name in ("vae", "text_encoder"):
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                module.to("meta")
+        self.released_encoders = True
 
     def _draw(self, pool: Pool, g: torch.Generator, first: int, count: int, shape) -> dict[str, Any]:
         """Global draws for `count` examples starting at stream position `first`."""
