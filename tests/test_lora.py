@@ -177,7 +177,7 @@ def test_common_identifier_warns_and_rare_one_does_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = LoRA(pipe, LoRAConfig(class_word="dog", identifier="sks"))
-    assert m.prompt == "a sks dog" and m.captions(None) == ["a sks dog"] and m.prior_prompt() == "a photo of a dog"
+    assert m.prompt == "a sks dog" and m.captions(None) == ["a sks dog"] and m.prior().prompts == ["a photo of a dog"]
 
 
 @pytest.mark.parametrize("bad", [{"rank": 0}, {"alpha": -1.0}, {"dropout": 1.0}, {"text_encoder_rank": 0}, {"steps": 0}])

@@ -5,6 +5,7 @@ checkpoints, logging, sampling, artifact format), so a method is one short packa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,9 +36,27 @@ class PriorConfig:
     class_images: str | None = field(default=None, metadata={"help": "folder of your own class images instead of generated ones"})
     class_prompt: str | None = field(default=None, metadata={"help": "prompt for class images (default 'a photo of a {class}')"})
 
+    def class_prompts(self) -> list[str]:
+        """One prompt per class word ("a photo of a dog"); --class-prompt replaces it for one class."""
+        words = self.class_word if isinstance(self.class_word, list) else [self.class_word]
+        if len(words) == 1 and self.class_prompt:
+            return [self.class_prompt]
+        return [f"a photo of a {w}" for w in words]
+
     def check_prior(self) -> None:
         check(self.prior_weight >= 0, f"prior_weight must be >= 0, got {self.prior_weight}")
         check(self.num_class_images >= 1 or self.prior_weight == 0, "num_class_images must be >= 1 with prior preservation")
+
+
+@dataclass
+class Prior:
+    """Class images for prior preservation: one prompt per class, and the folder when they already
+    exist (the user's, or retrieved). Without a folder the loop generates them with the frozen model
+    (cached by prompt, seed and model hash); several prompts give one folder whose images carry their
+    class's prompt as sidecar captions (joint training of several subjects)."""
+
+    prompts: list[str]
+    folder: Path | None = None
 
 
 class Method:
@@ -63,8 +82,8 @@ class Method:
         """Caption options for one instance image (the loop picks one per step)."""
         raise NotImplementedError
 
-    def prior_prompt(self) -> str | None:
-        """Prompt of the class images when prior preservation is on, else None."""
+    def prior(self) -> "Prior | None":
+        """The class images of prior preservation, or None when it is off."""
         return None
 
     # --- training -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 from ...errors import PersonifyError
 from ...tokens import RowParameter, add_placeholder_tokens, rare_identifier
 from .. import register
-from ..base import Method, prefixed, unprefixed
+from ..base import Method, Prior, prefixed, unprefixed
 from .augment import augment_batch
 from .config import CustomDiffusionConfig
 
@@ -102,7 +102,7 @@ class CustomDiffusion(Method):
         self.prompts = [config.instance_template.format(modifier=t, class_word=w) for t, w in zip(self.tokens, config.class_word)]
         self.ids: list[int] = []
         self.prior_source = "none"
-        self._prior: str | None = None
+        self._prior: Prior | None = None
         self._canvases: dict[tuple, torch.Tensor] = {}
 
     # --- set-up -------------------------------------------------------------------------------
@@ -144,38 +144,28 @@ class CustomDiffusion(Method):
         )
 
     # --- regularization images ----------------------------------------------------------------
-    def class_prompts(self) -> list[str]:
-        if len(self.config.class_word) == 1 and self.config.class_prompt:
-            return [self.config.class_prompt]
-        return [f"a photo of a {w}" for w in self.config.class_word]
-
-    def prior_prompt(self) -> str | None:
-        """Called by the loop right before it reads `config.class_images` (training/loop.py,
-        `_prior_pool`), so this is where the retrieved images are put in place: they are written
-        into a cache folder and `config.class_images` is pointed at it. Without a pool (or no
-        caption above the threshold) `class_images` stays None and the loop generates class images
-        with the frozen model, as for DreamBooth."""
+    def prior(self) -> Prior | None:
+        """The user's class images, else the paper's retrieved real images (written to a cache folder),
+        else None folder: the loop generates class images with the frozen model, as for DreamBooth."""
         if self.config.prior_weight <= 0:
             return None
         if self._prior is None:
             self._prior = self._prepare_prior()
         return self._prior
 
-    def _prepare_prior(self) -> str:
-        cfg, prompts = self.config, self.class_prompts()
+    def _prepare_prior(self) -> Prior:
+        cfg = self.config
+        prompts = cfg.class_prompts()
         if cfg.class_images:
             self.prior_source = "user"
-            return prompts[0]
+            return Prior(prompts, Path(cfg.class_images))
         if cfg.retrieval:
             folder = self._retrieve(prompts)
             if folder is not None:
-                cfg.class_images = str(folder)
                 self.prior_source = "retrieved"
-                return prompts[0]
+                return Prior(prompts, folder)
         self.prior_source = "generated"
-        if len(prompts) > 1:  # the loop generates for one prompt only: generate each class here
-            cfg.class_images = str(self._generated_joint(prompts))
-        return prompts[0]
+        return Prior(prompts)
 
     def _retrieve(self, prompts: list[str]) -> Path | None:
         from ...models.loading import mini_model_path
@@ -212,12 +202,6 @@ class CustomDiffusion(Method):
         if min(counts) < n:
             warnings.warn(f"custom_diffusion: only {min(counts)} pool captions pass similarity > {cfg.retrieval_threshold} (wanted {n}); using those")
         return folder
-
-    def _generated_joint(self, prompts: list[str]) -> Path:
-        from ...data.class_images import joint_class_images
-
-        res = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        return joint_class_images(self.pipe, prompts, self.config.num_class_images, res, seed=0)
 
     # --- training -----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

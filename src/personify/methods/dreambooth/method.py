@@ -7,6 +7,7 @@ The artifact holds the fine-tuned weights (fp16 by default), so it is as large a
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from ...errors import PersonifyError
 from ...tokens import check_identifier, rare_identifier
 from .. import register
-from ..base import Method, prefixed, unprefixed
+from ..base import Method, Prior, prefixed, unprefixed
 from .config import DreamBoothConfig
 
 
@@ -82,19 +83,11 @@ class DreamBooth(Method):
             return sidecar_caption(sidecar, self.identifier, self.prompt)
         return joint_caption(sidecar, self.identifiers, self.prompts)
 
-    def prior_prompt(self) -> str | None:
-        if self.config.prior_weight <= 0:
-            return None
+    def prior(self) -> Prior | None:
         cfg = self.config
-        if len(cfg.class_word) == 1:
-            return cfg.class_prompt or f"a photo of a {cfg.class_word[0]}"
-        prompts = [f"a photo of a {w}" for w in cfg.class_word]
-        if not cfg.class_images:  # the loop generates for one prompt: generate every class here (read right after this call)
-            from ...data.class_images import joint_class_images
-
-            res = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-            cfg.class_images = str(joint_class_images(self.pipe, prompts, cfg.num_class_images, res, seed=0))
-        return prompts[0]  # class images are captioned by their sidecars
+        if cfg.prior_weight <= 0:
+            return None
+        return Prior(cfg.class_prompts(), Path(cfg.class_images) if cfg.class_images else None)
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         mods = {"unet": self.pipe.unet}
