@@ -175,6 +175,7 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["dreambooth", "lora"])
     ap.add_argument("--demo-cfg", nargs="+", default=["both", "cond"], choices=list(VARIANTS),
                     help="CFG variants to score: both branches see the demos (SuTI), or only the conditional one")
+    ap.add_argument("--no-stylization", action="store_true", help="skip SuTI's stylization skill (3 style prompts per subject, scored apart)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/results.md (smoke runs)")
@@ -183,7 +184,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from personify.evaluation.dreambench import Evaluator, apprentice_generator, evaluate_subject, load_mini
+    from personify.evaluation.dreambench import Evaluator, apprentice_generator, evaluate_subject, load_mini, strip_identifier, stylization_prompts
     from personify.evaluation.encoders import load_clip, load_dino
     from personify.evaluation.report import summarize, write_report
     from personify.evaluation.run import default_evaluator_path
@@ -232,7 +233,7 @@ def main() -> int:
     from personify.data.images import load_rgb, resize_crop
 
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    results, base_t, demos_used = [], {}, {}
+    results, style_results, base_t, demos_used = [], [], {}, {}
     kw = dict(n_per_prompt=args.n_per_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed)
     for n in names:
         sub = bench.subjects[n]
@@ -241,23 +242,25 @@ def main() -> int:
         runs += [(VARIANTS[v], "apprentice" if v == "both" else f"apprentice-{v}", v, key if v == "both" else {**key, "demo_cfg": v})
                  for v in args.demo_cfg]
         for label, tag, variant, ckey in runs:
-            cache = out / "subjects" / f"{n}.{tag}.json"
-            r = load_cached(cache, ckey, real)
-            if r is None:
-                if variant is None:
-                    r = evaluate_subject(base, bench, sub, None, ev, label, **kw)
-                else:
-                    gen, demos = apprentice_generator(pipe, app, sub, args.n_demos, args.steps, args.guidance, demo_cfg=variant)
-                    r = evaluate_subject(pipe, bench, sub, None, ev, label, **kw, generate=gen)
-                cache.write_text(json.dumps({"key": ckey, "result": r.to_json()}))
+            # The protocol's 25 prompts, then (apart, so that s / subject stays the protocol's) the stylization prompts.
+            passes = [("", {}, results)] + ([] if args.no_stylization else [(".style", {"prompts": stylization_prompts()}, style_results)])
+            for suffix, extra, into in passes:
+                cache, ck = out / "subjects" / f"{n}.{tag}{suffix}.json", json.loads(json.dumps({**ckey, **extra}))  # as read back
+                r = load_cached(cache, ck, real)
+                if r is None:
+                    gen = None if variant is None else apprentice_generator(pipe, app, sub, args.n_demos, args.steps, args.guidance, demo_cfg=variant)[0]
+                    r = evaluate_subject(base if variant is None else pipe, bench, sub, None, ev, label, **kw, **extra, generate=gen)
+                    cache.write_text(json.dumps({"key": ck, "result": r.to_json()}))
+                into.append(r)
+            r = results[-1]
             demos_used[n] = [p.name for p in sub.images[: args.n_demos]]
-            results.append(r)
             if tag == "base":
                 base_t[n] = r.overall["clip_t"]
             print(f"{n:20s} {tag:10s} DINO {r.overall['dino']:.3f}  CLIP-I {r.overall['clip_i']:.3f}  CLIP-T {r.overall['clip_t']:.3f}"
                   f"  upper DINO {r.upper['dino']:.3f}  {r.seconds:.1f} s", flush=True)
     report = write_report(results, out, "personify — in-context apprentice on mini-DreamBench (zero tuning)", base_t)
     summary = summarize(results, base_t)
+    style = summarize(style_results) if style_results else {}
     labels = [VARIANTS[v] for v in args.demo_cfg]
 
     # ---- DreamBooth / LoRA from mini_dreambench.py --------------------------------------------
@@ -326,10 +329,13 @@ def main() -> int:
         L.append(f"| {label} | {s['subjects']} | {fmt(s)} | {s['seconds_per_subject']:.1f} |")
     L += ["", f"Real-vs-real upper bound (mean over these subjects): DINO {up['dino']:.3f}, CLIP-I {up['clip_i']:.3f}. "
           f"s / subject = generating the {25 * args.n_per_prompt} images and scoring them (apprentice: incl. encoding the demos).", "",
-          "Per SuTI skill (DreamBench prompt kind → skill; DreamBench has no stylization prompts, its 5 property prompts are colour, "
-          "shiny, wet and cube-shaped):", "", "| model | skill | DINO | CLIP-I | CLIP-T |", "|---|---|---|---|---|"]
+          "Per SuTI skill (DreamBench prompt kind → skill; its 5 property prompts are colour, shiny, wet and cube-shaped; DreamBench has "
+          "no stylization prompts, so stylization is scored apart on the mini world's 3 styles: "
+          + ", ".join(f'"{strip_identifier(t, "dog")}"' for t, _ in stylization_prompts()) + f", {args.n_per_prompt} images each):", "",
+          "| model | skill | DINO | CLIP-I | CLIP-T |", "|---|---|---|---|---|"]
     for label, s in summary.items():
-        for k, v in s["per_kind"].items():
+        kinds = {**s["per_kind"], **(style[label]["per_kind"] if label in style else {})}
+        for k, v in kinds.items():
             L.append(f"| {label} | {SKILLS.get(k, k)} | {v['dino']:.3f} | {v['clip_i']:.3f} | {v['clip_t']:.3f} |")
     L += ["", f"Held-out demo gain (ε-MSE on the non-demo real images of all {len(bench.subjects)} subjects, caption \"a photo of a <class>\", "
           f"8 noise draws each): own demos {gain['own']:.4f}, no demos {gain['none']:.4f}, another subject's demos {gain['other']:.4f} "
@@ -369,7 +375,7 @@ def main() -> int:
     from results_doc import write_section
 
     data = {"command": argv, "train": train, "weights": str(weights), "weights_mb": weights_mb, "evaluators": ev_files, "demo_gain": gain,
-            "demos": demos_used, "summary": summary, "side_by_side": side, "notes": notes}
+            "demos": demos_used, "summary": summary, "stylization": style, "side_by_side": side, "notes": notes}
     (out / "incontext.json").write_text(json.dumps(data, indent=1, default=str))
     if not args.no_doc:
         print(f"wrote {write_section('incontext', chr(10).join(L), args.doc)}")

@@ -254,7 +254,8 @@ def test_dreambench_scores_the_apprentice_with_zero_tuning(pipe):
     images as demos and the identifier-free prompts; a zero-init apprentice reproduces the base model's
     images exactly, a non-zero one changes them (so the plumbing really routes through the demos)."""
     from personify.evaluation import tiny_dino
-    from personify.evaluation.dreambench import Evaluator, apprentice_generator, evaluate_subject, load_mini, strip_identifier
+    from personify.evaluation.dreambench import (Evaluator, apprentice_generator, evaluate_subject, load_mini, strip_identifier,
+                                                 stylization_prompts)
 
     bench = load_mini()
     sub = bench.subjects["dog"]
@@ -286,6 +287,8 @@ def test_dreambench_scores_the_apprentice_with_zero_tuning(pipe):
     diff = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(seen["trained"][2], seen["base"][2])]
     assert min(diff) > 1.0, diff  # every image changed
     assert trained.overall != base.overall and trained.upper == base.upper
+    styled = evaluate_subject(pipe, bench, sub, None, ev, "apprentice", **kw, generate=recording("style", gen), prompts=stylization_prompts())
+    assert "a watercolor painting of a dog" in seen["style"][0] and len(seen["style"][0]) == 3 and set(styled.per_kind) == {"stylization"}
     with pytest.raises(PersonifyError, match="demonstration"):
         apprentice_generator(pipe, app, sub, n_demos=1)
 

@@ -112,6 +112,14 @@ def load_mini(root: Path | None = None) -> Benchmark:
     return Benchmark("mini-dreambench", subjects, prompts["object"], prompts["live"])
 
 
+def stylization_prompts() -> list[tuple[str, str]]:
+    """SuTI's fourth skill, which DreamBench has no prompts for: the subject in each style the mini
+    world renders ("a watercolor painting of a {0} {1}"), kind "stylization"."""
+    from ..world.captions import STYLE_PREFIX
+
+    return [(f"{prefix} a {{0}} {{1}}", "stylization") for prefix in STYLE_PREFIX.values()]
+
+
 def strip_identifier(template: str, class_word: str) -> str:
     """'a {0} {1} in the jungle' -> 'a dog in the jungle' (the CLIP-T prompt)."""
     return re.sub(r"\s+", " ", template.replace("{0}", "").format("", class_word)).strip()
@@ -180,13 +188,16 @@ def evaluate_subject(
     pipe, bench: Benchmark, subject: Subject, identifier: str | None, ev: Evaluator, label: str,
     n_per_prompt: int = 4, steps: int = 25, guidance: float = 7.5, seed: int = 0, keep: int = 4,
     generate: Callable[[list[str], list[int]], list[Image.Image]] | None = None,
+    prompts: list[tuple[str, str]] | None = None,
 ) -> SubjectResult:
     """Generate the protocol's images and score them.
 
     `generate(prompts, seeds) -> images` (one image per pair) makes the images; default: `pipe` with
     the concept applied (`generate_images`). `identifier=None`: no learned token, the prompts are the
     templates without it ("a dog on the beach"), as for the in-context apprentice
-    (`apprentice_generator`). `seconds` covers generation and scoring, not loading the model."""
+    (`apprentice_generator`). `seconds` covers generation and scoring, not loading the model.
+    `prompts`: (template, kind) pairs to score instead of the protocol's 25 (e.g. SuTI's stylization
+    prompts, a skill DreamBench has no prompts for)."""
     import time
 
     from ..data.images import load_rgb, resize_crop
@@ -198,7 +209,7 @@ def evaluate_subject(
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     real = [resize_crop(load_rgb(p), size) for p in subject.images]
     rd, rc = ev.embed(real)
-    items = bench.prompts(subject)
+    items = bench.prompts(subject) if prompts is None else list(prompts)
     if identifier is None:
         prompts = [strip_identifier(tpl, subject.class_word) for tpl, _ in items]
     else:
@@ -210,7 +221,7 @@ def evaluate_subject(
     if len(images) != len(all_prompts):
         raise PersonifyError(f"generate returned {len(images)} images for {len(all_prompts)} prompts")
     gd, gc = ev.embed(images)
-    text = ev.text([strip_identifier(tpl, subject.class_word) for tpl, _ in items])  # (25, D)
+    text = ev.text([strip_identifier(tpl, subject.class_word) for tpl, _ in items])  # (P, D), P = 25 for the protocol
     per_image_t = (gc * text.repeat_interleave(n_per_prompt, 0)).sum(-1)  # (N,)
     kinds = [k for _, k in items for _ in range(n_per_prompt)]
     per_kind, shown = {}, {}
