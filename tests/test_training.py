@@ -111,28 +111,29 @@ def test_rerun_of_a_finished_or_resumed_run_reports_the_whole_training(subject_d
     assert m3["train_seconds"] > m2["train_seconds"] and m3["steps"] == 3
 
 
-def _trainer(subject_dir, out, pipe=None, **extra):
+def _trainer(subject_dir, out, pipe=None, method="dreambooth", **extra):
     from personify.config import build
     from personify.methods import get_method
     from personify.training.config import TrainConfig
     from personify.training.loop import Trainer
 
-    opts = {**BASE, "steps": 2, "out": str(out), **extra}
+    opts = {k: v for k, v in {**BASE, "steps": 2, "out": str(out), **extra}.items() if v is not None}
     tnames = set(TrainConfig.__dataclass_fields__)
     tcfg = build(TrainConfig, {"images": str(subject_dir), **{k: v for k, v in opts.items() if k in tnames}}, "test")
-    mcfg = build(get_method("dreambooth").Config, {k: v for k, v in opts.items() if k not in tnames}, "test")
-    return Trainer("dreambooth", mcfg, tcfg, pipe=pipe)
+    mcfg = build(get_method(method).Config, {k: v for k, v in opts.items() if k not in tnames}, "test")
+    return Trainer(method, mcfg, tcfg, pipe=pipe)
 
 
 def test_frozen_encoders_are_freed_only_when_nothing_needs_them(subject_dir, tmp_path, tiny_pipe):
     """A pipeline the trainer loaded sheds its VAE and frozen text encoder once latents and text
     embeddings are cached (less peak memory) and trains exactly as with a caller's pipeline, which
-    is left whole; sample grids or a trained text encoder keep them."""
+    is left whole; sample grids keep both, a trained text encoder (or TI's rows) keeps that one,
+    and Custom Diffusion keeps the VAE its size augmentation runs."""
     own = _trainer(subject_dir, tmp_path / "own")
     a = read_concept(own.run())[0]
     given = _trainer(subject_dir, tmp_path / "given", pipe=tiny_pipe)
     b = read_concept(given.run())[0]
-    assert own.released_encoders and not given.released_encoders
+    assert own.released_encoders == ("vae", "text_encoder") and given.released_encoders == ()
     assert all(p.is_meta for p in own.pipe.vae.parameters()) and all(p.is_meta for p in own.pipe.text_encoder.parameters())
     assert not any(p.is_meta for p in tiny_pipe.vae.parameters())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -140,4 +141,9 @@ def test_frozen_encoders_are_freed_only_when_nothing_needs_them(subject_dir, tmp
     sampled.run()
     te = _trainer(subject_dir, tmp_path / "te", train_text_encoder=True)
     te.run()
-    assert not sampled.released_encoders and not te.released_encoders
+    assert sampled.released_encoders == () and te.released_encoders == ("vae",)
+    ti = _trainer(subject_dir, tmp_path / "ti", method="textual_inversion", placeholder="<cat-toy>", initializer="dog", prior_weight=None)
+    ti.run()
+    cd = _trainer(subject_dir, tmp_path / "cd", method="custom_diffusion", prior_weight=0.0, class_word=["dog"])
+    cd.run()
+    assert ti.released_encoders == ("vae",) and cd.released_encoders == ()

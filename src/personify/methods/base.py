@@ -67,6 +67,9 @@ class Method:
     # True when the text encoder's output for a fixed prompt never changes during training, so the
     # loop may cache text embeddings (not for TI / text-encoder training).
     text_frozen: ClassVar[bool] = True
+    # True when the loss runs the VAE itself (Custom Diffusion encodes blank canvases for its size
+    # augmentation); otherwise the loop may free the VAE once the training images are encoded.
+    uses_vae: ClassVar[bool] = False
 
     def __init__(self, pipe, config: MethodConfig):
         self.pipe = pipe

@@ -95,7 +95,7 @@ class Trainer:
         self.cfg = cfg
         self.pipe = pipe
         self.owns_pipe = pipe is None  # a pipeline we loaded ourselves may shed parts no one else will use
-        self.released_encoders = False
+        self.released_encoders: tuple[str, ...] = ()  # freed after caching (see _release_encoders)
         self.prior_folder: Path | None = None
         self.out = Path(cfg.out)
         if cfg.images is None:
@@ -239,19 +239,21 @@ class Trainer:
         return dict(zip(prompts, embs))
 
     def _release_encoders(self, method: Method) -> None:
-        """Free the VAE and the frozen text encoder once their outputs are cached, when nothing later in
-        this run needs them (no sample grids, no validation) and the pipeline is ours (a caller's pipeline
-        is left whole). They move to the meta device: configs stay readable, storage is freed before the
-        optimizer allocates its state, so the peak holds only what trains. Mini DreamBooth: -44 MB of
-        fp32 weights; SD 1.5: -0.6 GB."""
+        """Free the VAE and the frozen text encoder once latents and text embeddings are cached, when
+        nothing later in this run needs them (no sample grids, no validation, a method whose loss
+        does not run them) and the pipeline is ours (a caller's pipeline is left whole). They move to
+        the meta device: configs stay readable, storage is freed before the optimizer allocates its
+        state, so the peak holds only what trains. Mini model: VAE 15 MB + text encoder 28 MB of
+        fp32 weights; SD 1.5: 0.3 + 0.5 GB."""
         cfg = self.cfg
-        if not (self.owns_pipe and method.text_frozen and not cfg.sample_every and not cfg.validate_every):
+        if not self.owns_pipe or cfg.sample_every or cfg.validate_every:
             return
-        for name in ("vae", "text_encoder"):
+        names = ([] if method.uses_vae else ["vae"]) + (["text_encoder"] if method.text_frozen else [])
+        for name in names:
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to("meta")
-        self.released_encoders = True
+        self.released_encoders = tuple(names)
 
     def _draw(self, pool: Pool, g: torch.Generator, first: int, count: int, shape) -> dict[str, Any]:
         """Global draws for `count` examples starting at stream position `first`."""

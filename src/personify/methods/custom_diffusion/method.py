@@ -86,6 +86,7 @@ class CustomDiffusion(Method):
     name = "custom_diffusion"
     Config = CustomDiffusionConfig
     text_frozen = False  # the modifier embedding changes every step
+    uses_vae = True  # size augmentation encodes blank canvases (`_canvas`)
 
     def __init__(self, pipe, config: CustomDiffusionConfig):
         super().__init__(pipe, config)
