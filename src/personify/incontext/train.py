@@ -164,6 +164,21 @@ def save_adapter(app: Apprentice, path: Path, pipe, extra: dict | None = None) -
     atomic_save_safetensors(app.adapter_state_dict(), Path(path), {"personify": json.dumps(meta)})
 
 
+def init_adapter(app: Apprentice, path: Path) -> None:
+    """Load adapter weights from an apprentice file whatever base model it was trained on (the base
+    model check of `load_apprentice` is for generating, not for a warm start); shapes must fit."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (OSError, ValueError) as e:
+        raise PersonifyError(f"{path}: cannot read apprentice weights for --init ({str(e)[:80]})") from None
+    try:
+        app.load_adapter_state_dict(state)
+    except PersonifyError as e:
+        raise PersonifyError(f"{path}: --init {e}") from None
+
+
 def save_checkpoint(path: Path, app: Apprentice, opt, step: int, generator: torch.Generator, full_unet: bool, cfg: dict) -> None:
     state = {"step": step, "adapter": app.adapter_state_dict(), "optimizer": opt.state_dict(), "generator": generator.get_state(),
              "config": cfg, "unet": {k: v.cpu() for k, v in app.unet.state_dict().items()} if full_unet else None}
@@ -200,6 +215,7 @@ class ApprenticeTrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed (clusters, noise, timesteps)"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
     resume: bool = field(default=True, metadata={"help": "resume from <out>/checkpoint.pt when present"})
+    init: str | None = field(default=None, metadata={"help": "start the demo-attention layers from this apprentice.safetensors (e.g. one trained on an earlier version of the base model) instead of zero; ignored when resuming"})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "torch device"})
 
     def __post_init__(self) -> None:
@@ -245,6 +261,8 @@ def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt = out / "checkpoint.pt"
     start = load_checkpoint(ckpt, app, opt, gen) if cfg.resume and ckpt.is_file() else 0
+    if start == 0 and cfg.init:
+        init_adapter(app, Path(cfg.init))
     app.train()
 
     experts = expert_triples(cfg, out, resumed=start > 0) if cfg.experts else None
