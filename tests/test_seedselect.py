@@ -68,6 +68,9 @@ def test_loss_decreases(tiny, refs):
     assert len(loss) == 5 and all(np.isfinite(loss))
     assert loss[-1] < loss[0] - 1e-3, loss
     assert not torch.equal(r.latents, r.initial)
+    with torch.no_grad():  # a caller's no_grad (e.g. around a whole notebook cell) does not stop the optimization
+        again = seedselect(pipe, clip, PROMPT, refs, n=1, settings=fast(iterations=5), bootstrap=False)
+    assert torch.equal(again.latents, r.latents)
 
 
 def test_gradients_reach_seed_only(tiny, refs):

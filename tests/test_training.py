@@ -147,3 +147,9 @@ def test_frozen_encoders_are_freed_only_when_nothing_needs_them(subject_dir, tmp
     cd = _trainer(subject_dir, tmp_path / "cd", method="custom_diffusion", prior_weight=0.0, class_word=["dog"])
     cd.run()
     assert ti.released_encoders == ("vae",) and cd.released_encoders == ()
+
+
+def test_training_works_under_a_callers_no_grad(subject_dir, tmp_path):
+    with torch.no_grad():
+        art = personify.train("dreambooth", images=subject_dir, out=str(tmp_path / "ng"), steps=1, **BASE)
+    assert read_concept(art)[1]["metrics"]["final_loss"] > 0

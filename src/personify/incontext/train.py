@@ -140,6 +140,7 @@ def make_optimizer(app: Apprentice, lr: float, unet_lr: float = 0.0) -> torch.op
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
+@torch.enable_grad()  # also under a caller's no_grad (notebooks)
 def train_steps(app: Apprentice, scheduler, next_batch: Callable[[int], Batch], opt: torch.optim.Optimizer, start: int, stop: int,
                 generator: torch.Generator, on_step: Callable[[int, float], None] | None = None, grad_clip: float = 1.0) -> list[float]:
     losses = []

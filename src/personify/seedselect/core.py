@@ -269,6 +269,7 @@ def optimize_seeds(pipe, clip, z_init: torch.Tensor, prompts: list[str], targets
                        "; ".join(stops) or None, sum(p.seconds for p in parts))
 
 
+@torch.enable_grad()  # the optimization needs gradients even when called under a caller's no_grad
 def _optimize_chunk(pipe, clip, z_init, prompts, targets, s: Settings, iterations, log) -> OptimResult:
     t0 = time.perf_counter()
     iterations = s.iterations if iterations is None else iterations

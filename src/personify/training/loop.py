@@ -284,9 +284,10 @@ class Trainer:
         for j in range(A):
             sl = slice((j * W + r) * B, (j * W + r + 1) * B)
             batch = self._batch([{k: v[sl] for k, v in d.items()} for d in draws])
-            with acc.autocast():
-                loss = self.method.loss(batch) / A
-            acc.backward(loss)
+            with torch.enable_grad():  # also when called under a caller's no_grad (notebooks)
+                with acc.autocast():
+                    loss = self.method.loss(batch) / A
+                acc.backward(loss)  # accelerate rescales the loss first: that op needs grad mode too
             total += loss.detach()
         if W > 1:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
