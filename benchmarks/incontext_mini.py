@@ -366,7 +366,8 @@ def main() -> int:
                  f"{d['gen_s']:.0f} s) vs the apprentice's {a_s:.0f} s (slower variant): **{tot / a_s:.1f}×** for the whole protocol (target ≥ 50×: "
                  f"{'met' if tot / a_s >= 50 else 'not met'}); for one prompt's 4 images {per_prompt:.0f}×; adaptation alone "
                  f"(train vs encoding the demos) {d['train_s'] / (gain['demo_encode_ms'] / 1000):.0f}×. Timings come from different runs "
-                 "on a shared box.")
+                 "on a shared box; `benchmarks/incontext_speed.py` measures both sides in one process "
+                 "(`benchmarks/results/incontext_speed.md`).")
     else:
         L.append(f"* speed: no tuning-method timings yet (see above); the apprentice takes {summary[labels[0]]['seconds_per_subject']:.0f} s per "
                  f"subject for the {25 * args.n_per_prompt} images, {gain['demo_encode_ms']:.0f} ms of which is reading the demos.")
