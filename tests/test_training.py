@@ -153,3 +153,14 @@ def test_training_works_under_a_callers_no_grad(subject_dir, tmp_path):
     with torch.no_grad():
         art = personify.train("dreambooth", images=subject_dir, out=str(tmp_path / "ng"), steps=1, **BASE)
     assert read_concept(art)[1]["metrics"]["final_loss"] > 0
+
+
+def test_resume_refuses_a_checkpoint_of_another_base_model(subject_dir, tmp_path):
+    from personify.errors import PersonifyError
+
+    out = str(tmp_path / "run")
+    personify.train("lora", images=subject_dir, out=out, steps=1, checkpoint_every=1, **BASE)
+    with pytest.raises(PersonifyError, match="trained on base model") as e:
+        personify.train("lora", images=subject_dir, out=out, steps=2, resume=True, **{**BASE, "model": "tiny:1"})
+    assert "\n" not in str(e.value)
+    personify.train("lora", images=subject_dir, out=out, steps=2, resume=True, **BASE)  # same model: continues

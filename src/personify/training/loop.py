@@ -156,7 +156,8 @@ class Trainer:
         start, self._before = 0, {"train_seconds": 0.0, "final_loss": float("nan")}
         if cfg.resume and existing:
             start = self._resume(existing[-1][1], opt)
-        state_base = {"method": method.name, "seed": cfg.seed, "global_batch": global_batch, "personify": __version__}
+        state_base = {"method": method.name, "seed": cfg.seed, "global_batch": global_batch, "personify": __version__,
+                      "base_model_hash": getattr(pipe, "personify_base_hash", None)}
         if acc.is_main_process:
             acc.init_trackers("personify", config={k: str(v) for k, v in {**to_dict(cfg), **to_dict(mcfg)}.items()})
             acc.print(
@@ -359,6 +360,10 @@ class Trainer:
         method_state, opt_state, state = load_checkpoint(path)
         if state.get("method") != self.method.name:
             raise PersonifyError(f"{path}: checkpoint is from method {state.get('method')!r}, not {self.method.name!r}; use another --out")
+        base, ours = state.get("base_model_hash"), getattr(self.pipe, "personify_base_hash", None)
+        if base and ours and base != ours:
+            raise PersonifyError(f"{path}: checkpoint was trained on base model {base}, not this one ({ours}); "
+                                 "train into a new --out (or load the model it was trained on)")
         if state.get("seed") != self.cfg.seed:
             warnings.warn(f"{path}: resuming with seed {self.cfg.seed} but the run used {state.get('seed')}; the data order changes")
         self.method.load(method_state)
