@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SKILLS = {"recontextualization": "recontextualization", "accessorization": "accessorization",
           "property": "property change (colour / material / shape)"}  # DreamBench kind -> SuTI skill
 SHIP_LIMIT_MB = 40.0
-VARIANTS = {"both": "apprentice (zero tuning)", "cond": "apprentice, demo-guided CFG (zero tuning)"}  # --demo-cfg -> row label
+VARIANTS = {"both": "apprentice (zero tuning)", "cond": "apprentice, demo-guided CFG (zero tuning)",
+            "dual": "apprentice, dual CFG (zero tuning)"}  # --demo-cfg -> row label (dual: scales added in main)
 
 
 def sha(path: Path, n: int = 12) -> str:
@@ -176,11 +177,13 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["dreambooth", "lora"])
     ap.add_argument("--demo-cfg", nargs="+", default=["both", "cond"], choices=list(VARIANTS),
                     help="CFG variants to score: both branches see the demos (SuTI), or only the conditional one")
+    ap.add_argument("--demo-guidance", type=float, default=3.0, help="demo guidance scale of the dual variant")
     ap.add_argument("--no-stylization", action="store_true", help="skip SuTI's stylization skill (3 style prompts per subject, scored apart)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/results.md (smoke runs)")
     args = ap.parse_args()
+    VARIANTS["dual"] = f"apprentice, dual CFG: text {args.guidance:g}, demos {args.demo_guidance:g} (zero tuning)"
 
     import torch
 
@@ -240,7 +243,8 @@ def main() -> int:
         sub = bench.subjects[n]
         real = [resize_crop(load_rgb(p), size) for p in sub.images]
         runs = [("base model, class word only", "base", None, {**key, "weights": None})]
-        runs += [(VARIANTS[v], "apprentice" if v == "both" else f"apprentice-{v}", v, key if v == "both" else {**key, "demo_cfg": v})
+        runs += [(VARIANTS[v], "apprentice" if v == "both" else f"apprentice-{v}", v,
+                  key if v == "both" else {**key, "demo_cfg": v, **({"demo_guidance": args.demo_guidance} if v == "dual" else {})})
                  for v in args.demo_cfg]
         for label, tag, variant, ckey in runs:
             # The protocol's 25 prompts, then (apart, so that s / subject stays the protocol's) the stylization prompts.
@@ -249,7 +253,8 @@ def main() -> int:
                 cache, ck = out / "subjects" / f"{n}.{tag}{suffix}.json", json.loads(json.dumps({**ckey, **extra}))  # as read back
                 r = load_cached(cache, ck, real)
                 if r is None:
-                    gen = None if variant is None else apprentice_generator(pipe, app, sub, args.n_demos, args.steps, args.guidance, demo_cfg=variant)[0]
+                    gen = None if variant is None else apprentice_generator(pipe, app, sub, args.n_demos, args.steps, args.guidance, demo_cfg=variant,
+                                                                                   demo_guidance=args.demo_guidance)[0]
                     r = evaluate_subject(base if variant is None else pipe, bench, sub, None, ev, label, **kw, **extra, generate=gen)
                     cache.write_text(json.dumps({"key": ck, "result": r.to_json()}))
                 into.append(r)
@@ -325,7 +330,8 @@ def main() -> int:
           "same information. The metrics compare against all real images (demos included). Prompt = the template without the identifier "
           "(\"a dog on the beach\"). The base model on the same prompts is the CLIP-T normalizer and the floor. CFG variants: "
           "*zero tuning* = both guidance branches see the demos (SuTI's choice, the default of `generate_with_demos`); *demo-guided* = "
-          "only the conditional branch sees them (`demo_cfg=\"cond\"`), so guidance 7.5 amplifies the demo signal as well as the text.", "",
+          "only the conditional branch sees them (`demo_cfg=\"cond\"`), so guidance 7.5 amplifies the demo signal as well as the text; *dual* = "
+          "one scale per condition, ε = ε(∅) + w·(ε(text) − ε(∅)) + w_d·(ε(text, demos) − ε(text)) (`demo_cfg=\"dual\"`, InstructPix2Pix-style).", "",
           "| model | subjects | DINO | CLIP-I | CLIP-T | DINO norm | CLIP-I norm | CLIP-T norm | s / subject |", "|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary.items():
         L.append(f"| {label} | {s['subjects']} | {fmt(s)} | {s['seconds_per_subject']:.1f} |")

@@ -364,11 +364,19 @@ def test_demo_cfg_cond_only_guides_with_the_demos(pipe):
             torch.nn.init.normal_(m.attn.to_out[0].weight, std=0.5, generator=torch.Generator().manual_seed(0))
         both = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", **kw)
         cond = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", demo_cfg="cond", **kw)
+        # dual guidance with the demo scale equal to the text scale is "cond" (same ε, up to float rounding);
+        # demo scale 0 ignores the demos (the base model's text guidance)
+        dual_eq = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", demo_cfg="dual", demo_guidance=3.0, **kw)
+        dual_0 = generate_with_demos(pipe, app, demos, ["a photo of a dog"] * 3, "a dog", demo_cfg="dual", demo_guidance=0.0, **kw)
     assert all(np.abs(np.asarray(a, int) - np.asarray(b, int)).mean() > 1.0 for a, b in zip(both, cond))
+    assert all(np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1 for a, b in zip(dual_eq, cond))
+    assert all(np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1 for a, b in zip(dual_0, base))
     with pytest.raises(PersonifyError, match="demo_cfg"):
         generate_with_demos(pipe, app, demos, ["a"] * 3, "a dog", n=1, steps=1, demo_cfg="uncond")
     with pytest.raises(ConfigError):
         DemosConfig(demo_cfg="uncond")
+    with pytest.raises(ConfigError):
+        DemosConfig(demo_cfg="dual", demo_guidance=-1.0)
 
 
 def test_init_warm_starts_from_an_apprentice_of_another_base_model(tmp_path, pipe):

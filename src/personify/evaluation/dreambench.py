@@ -248,7 +248,7 @@ def base_clip_t(pipe, bench: Benchmark, subject: Subject, ev: Evaluator, n_per_p
 
 
 def apprentice_generator(pipe, apprentice, subject: Subject, n_demos: int = 3, steps: int = 25, guidance: float = 7.5,
-                         caption: str = "a photo of a {}", demo_cfg: str = "both") -> tuple[Callable[[list[str], list[int]], list[Image.Image]], list[Path]]:
+                         caption: str = "a photo of a {}", demo_cfg: str = "both", demo_guidance: float = 3.0) -> tuple[Callable[[list[str], list[int]], list[Image.Image]], list[Path]]:
     """`generate(prompts, seeds)` for `evaluate_subject` with the in-context apprentice, zero tuning.
 
     The demonstrations are the subject's first `n_demos` real images in file order (DreamBooth trains
@@ -270,6 +270,6 @@ def apprentice_generator(pipe, apprentice, subject: Subject, n_demos: int = 3, s
 
     def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         return generate_with_demos(pipe, app, demos, captions, prompts, seeds=seeds, steps=steps, guidance=guidance,
-                                   demo_cfg=demo_cfg)
+                                   demo_cfg=demo_cfg, demo_guidance=demo_guidance)
 
     return generate, paths

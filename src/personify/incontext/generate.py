@@ -19,7 +19,7 @@ from .model import Apprentice, DemoContext
 MIN_DEMOS, MAX_DEMOS = 2, 8
 CONSISTENCY_THRESHOLD = 0.6  # mean pairwise CLIP image cosine below this -> "different subjects?" warning
 ADAPTER_FORMAT = "personify.apprentice/1"
-DEMO_CFG = ("both", "cond")  # which CFG branches see the demos
+DEMO_CFG = ("both", "cond", "dual")  # which CFG branches see the demos (see generate_with_demos)
 
 
 def check_demo_count(n: int) -> None:
@@ -110,7 +110,8 @@ def encode_demo_images(pipe, apprentice: Apprentice, demo_images: list[Image.Ima
 def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], demo_captions: list[str], prompt: str | list[str],
                         n: int = 4, seed: int = 0, steps: int = 25, guidance: float = 7.5, sampler: str = "ddim",
                         clip=None, consistency_threshold: float = CONSISTENCY_THRESHOLD, negative_prompt: str = "",
-                        seeds: list[int] | None = None, batch_size: int = 16, demo_cfg: str = "both") -> list[Image.Image]:
+                        seeds: list[int] | None = None, batch_size: int = 16, demo_cfg: str = "both",
+                        demo_guidance: float = 3.0) -> list[Image.Image]:
     """Generate `n` images of the demonstrated subject for `prompt`, in one sampling run, no tuning.
 
     `prompt` may be a list: then one image per prompt (`n` is ignored), image i with `seeds[i]`
@@ -118,7 +119,10 @@ def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], 
     2-8 demos (else PersonifyError); with `clip` given, a consistency check warns when the demos look
     like different subjects. CFG: `demo_cfg="both"`: both branches see the demos (as in SuTI); only the
     text is amplified. `"cond"`: only the conditional branch sees them, so guidance amplifies the demo
-    signal too (ε = ε(∅) + w·(ε(text, demos) − ε(∅)): higher subject fidelity, lower prompt fidelity)."""
+    signal too (ε = ε(∅) + w·(ε(text, demos) − ε(∅)): higher subject fidelity, lower prompt fidelity).
+    `"dual"`: two scales, one per condition (as InstructPix2Pix guides image and text apart, Brooks et
+    al. 2023, Eq. 3): ε = ε(∅) + w·(ε(text) − ε(∅)) + w_d·(ε(text, demos) − ε(text)), w_d =
+    `demo_guidance`; three UNet passes per step. w_d = w is "cond"; smaller w_d trades subject for prompt."""
     check_demo_count(len(demo_images))
     if demo_cfg not in DEMO_CFG:
         raise PersonifyError(f"demo_cfg must be one of {', '.join(DEMO_CFG)}, got {demo_cfg!r}")
@@ -139,8 +143,13 @@ def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], 
     out: list[Image.Image] = []
     with torch.no_grad():
         uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt]).to(dtype)
-        if demo_cfg == "both" or guidance == 1.0:
+        if demo_cfg == "both" or (guidance == 1.0 and demo_cfg == "cond"):
             model = cfg_denoiser(app.denoiser(ctx), uncond, guidance)
+        elif demo_cfg == "dual":
+            def model(x, t, cond):
+                e_u, e_t = app(torch.cat([x, x]), t, torch.cat([uncond.expand_as(cond), cond]), None).chunk(2)  # plain UNet
+                e_d = app(x, t, cond, ctx)
+                return e_u + guidance * (e_t - e_u) + demo_guidance * (e_d - e_t)
         else:
             def model(x, t, cond):
                 e_u = app(x, t, uncond.expand_as(cond), None)
@@ -169,7 +178,8 @@ class DemosConfig:
     guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale (both branches see the demos)"})
     sampler: str = field(default="ddim", metadata={"help": f"one of {', '.join(SAMPLERS)}"})
     n: int = field(default=4, metadata={"help": "number of images"})
-    demo_cfg: str = field(default="both", metadata={"help": "CFG branches that see the demos: 'both' (SuTI; follows the prompt) or 'cond' (guidance amplifies the subject too; closer to the demos, follows the prompt less)"})
+    demo_cfg: str = field(default="both", metadata={"help": "CFG branches that see the demos: 'both' (SuTI; follows the prompt), 'cond' (guidance amplifies the subject too; closer to the demos, follows the prompt less) or 'dual' (separate scales: --guidance for the text, --demo-guidance for the demos)"})
+    demo_guidance: float = field(default=3.0, metadata={"help": "with --demo-cfg dual: guidance scale of the demos"})
     out: str = field(default="out", metadata={"help": "output folder"})
     clip: str | None = field(default=None, metadata={"help": "local CLIP folder for the demo consistency check (skipped if unset)"})
     consistency_threshold: float = field(default=CONSISTENCY_THRESHOLD, metadata={"help": "warn when mean pairwise CLIP similarity of demos is below this"})
@@ -180,6 +190,7 @@ class DemosConfig:
         check(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         check(self.guidance >= 1.0, f"guidance must be >= 1, got {self.guidance}")
         check(self.demo_cfg in DEMO_CFG, f"demo_cfg must be one of {', '.join(DEMO_CFG)}, got {self.demo_cfg!r}")
+        check(self.demo_guidance >= 0, f"demo_guidance must be >= 0, got {self.demo_guidance}")
         check(-1.0 <= self.consistency_threshold <= 1.0, f"consistency_threshold must be in [-1, 1], got {self.consistency_threshold}")
 
 
@@ -225,7 +236,7 @@ def main(cfg: DemosConfig) -> list[Path]:
         clip = load_clip(cfg.clip)
     images = generate_with_demos(pipe, str(apprentice), [it.image for it in subj.items], captions, prompt, cfg.n, cfg.seed,
                                  cfg.steps, cfg.guidance, cfg.sampler, clip=clip, consistency_threshold=cfg.consistency_threshold,
-                                 demo_cfg=cfg.demo_cfg)
+                                 demo_cfg=cfg.demo_cfg, demo_guidance=cfg.demo_guidance)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -234,7 +245,8 @@ def main(cfg: DemosConfig) -> list[Path]:
         img.save(p)
         side = {"prompt": prompt, "seed": cfg.seed + i, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash,
                 "apprentice": str(apprentice), "demos": [str(it.path) for it in subj.items], "demo_captions": captions,
-                "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "demo_cfg": cfg.demo_cfg}
+                "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "demo_cfg": cfg.demo_cfg,
+                **({"demo_guidance": cfg.demo_guidance} if cfg.demo_cfg == "dual" else {})}
         p.with_suffix(".json").write_text(json.dumps(side, indent=1))
         paths.append(p)
     return paths
