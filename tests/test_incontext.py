@@ -347,6 +347,18 @@ def test_generate_demos_defaults_to_the_shipped_mini_apprentice(tmp_path, capsys
     assert side["apprentice"] == str(shipped) and side["prompt"] == "a dog on the beach"
     assert cli(["generate", "a dog", "--demos", str(d), "--model", "tiny", "--n", "1", "--steps", "1", "--out", str(out)]) == 2
     assert "--apprentice is required" in capsys.readouterr().err
+    # demos of three different subjects: the mini model checks consistency with its evaluator CLIP by default
+    import shutil
+
+    from personify.evaluation.dreambench import load_mini
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, name in enumerate(("dog", "teapot", "backpack")):
+        shutil.copy(load_mini().subjects[name].images[0], mixed / f"{i}.png")
+    with pytest.warns(UserWarning, match="different subjects"):
+        assert cli(["generate", "a [class] on the beach", "--demos", str(mixed), "--class-word", "dog", "--n", "1", "--steps", "1",
+                    "--out", str(tmp_path / "out2")]) == 0
 
 
 def test_demo_cfg_cond_only_guides_with_the_demos(pipe):
