@@ -327,7 +327,8 @@ class Trainer:
         cfg, pipe, method = self.cfg, self.pipe, self.method
         meta = {
             "method": method.name, "base_model_hash": pipe.personify_base_hash, "base_model": getattr(pipe, "personify_source", cfg.model),
-            **method.metadata(), **({"prior_images": str(self.prior_folder)} if self.prior_folder else {}), "config": {"train": to_dict(cfg), "method": to_dict(self.mcfg)}, "metrics": metrics,
+            **method.metadata(), **({"prior_images": str(self.prior_folder)} if self.prior_folder else {}),
+            "config": {"train": to_dict(cfg), "method": to_dict(self.mcfg)}, "metrics": metrics,
             "personify_version": __version__,
         }
         save_concept(path, method.state_dict(), meta, DTYPES[cfg.save_precision])
