@@ -47,8 +47,6 @@ def assert_same_training(a: dict, b: dict, lr: float, steps: int, atol: float = 
     when the last bits of that gradient differ, so a handful of elements may differ by up to 2·lr per
     step. Everything else must agree to `atol`.
     """
-    import torch
-
     n_off, n = 0, 0
     for k in a:
         d = (a[k].float() - b[k].float()).abs()

@@ -41,7 +41,6 @@ def _train(method, subject_dir, out, steps, **extra):
 def test_train_save_reload_generate(method, subject_dir, tmp_path):
     pipe = load_pipeline("tiny")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    from personify.training.loop import Trainer  # noqa: F401 (import cost outside timing)
 
     art = personify.train(method, images=subject_dir, out=str(tmp_path / "run"), steps=2, pipe=pipe, **COMMON, **OPTIONS[method])
     tensors, meta = read_concept(art)
