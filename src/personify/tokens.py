@@ -109,8 +109,8 @@ class RowParameter:
     placeholders, Custom Diffusion's modifier tokens).
 
     Unlike the reference implementations, which hand the whole matrix to the optimizer, mask the other
-    rows' gradients and restore them after every step, the optimizer, gradient clipping and weight decay see only these N·D
-    numbers, not the whole (V, D) matrix (49,408 x 768 on SD): a step skips the AdamW update, the
+    rows' gradients and restore them after every step, the optimizer, gradient clipping and weight
+    decay see only these N·D numbers, not the whole (V, D) matrix (49,408 x 768 on SD): a step skips the AdamW update, the
     gradient mask and the restore over every row, and the optimizer state is N·D instead of 2·V·D.
     The learned rows move exactly as before — AdamW is elementwise and the other rows' gradients were
     masked to zero — and the other rows cannot move at all. Inside `swapped_in()` a forward hook makes

@@ -217,12 +217,13 @@ def main(cfg: DemosConfig) -> list[Path]:
         raise PersonifyError(f"--apprentice is required for model {cfg.model!r} (a default ships only for 'mini'): "
                              "weights from `personify incontext train`")
     pipe = load_pipeline(cfg.model)
-    if not cfg.apprentice:
-        try:
-            load_apprentice(pipe, apprentice)
-        except PersonifyError as e:
-            raise PersonifyError(f"the shipped apprentice does not fit this mini model ({e}); retrain it with "
-                                 "benchmarks/incontext_mini.py or pass --apprentice FILE") from None
+    try:
+        app = load_apprentice(pipe, apprentice)  # read once; generate_with_demos takes the loaded one
+    except PersonifyError as e:
+        if cfg.apprentice:
+            raise
+        raise PersonifyError(f"the shipped apprentice does not fit this mini model ({e}); retrain it with "
+                             "benchmarks/incontext_mini.py or pass --apprentice FILE") from None
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     subj = SubjectImages(cfg.demos, size, subject=False)
     check_demo_count(len(subj))
@@ -239,7 +240,7 @@ def main(cfg: DemosConfig) -> list[Path]:
         from ..evaluation.encoders import load_clip
 
         clip = load_clip(clip_path)
-    images = generate_with_demos(pipe, str(apprentice), [it.image for it in subj.items], captions, prompt, cfg.n, cfg.seed,
+    images = generate_with_demos(pipe, app, [it.image for it in subj.items], captions, prompt, cfg.n, cfg.seed,
                                  cfg.steps, cfg.guidance, cfg.sampler, clip=clip, consistency_threshold=cfg.consistency_threshold,
                                  demo_cfg=cfg.demo_cfg, demo_guidance=cfg.demo_guidance)
     out = Path(cfg.out)

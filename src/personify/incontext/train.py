@@ -159,7 +159,6 @@ def train_steps(app: Apprentice, scheduler, next_batch: Callable[[int], Batch], 
 
 
 def save_adapter(app: Apprentice, path: Path, pipe, extra: dict | None = None) -> None:
-
     meta = {"format": ADAPTER_FORMAT, "base_model_hash": getattr(pipe, "personify_base_hash", ""), "t_demo": app.t_demo,
             "demo_noise_seed": app.demo_noise_seed, **(extra or {})}
     atomic_save_safetensors(app.adapter_state_dict(), Path(path), {"personify": json.dumps(meta)})
