@@ -244,8 +244,8 @@ class Trainer:
         nothing later in this run needs them (no sample grids, no validation, a method whose loss
         does not run them) and the pipeline is ours (a caller's pipeline is left whole). They move to
         the meta device: configs stay readable, storage is freed before the optimizer allocates its
-        state, so the peak holds only what trains. Mini model: VAE 15 MB + text encoder 28 MB of
-        fp32 weights; SD 1.5: 0.3 + 0.5 GB."""
+        state, so the peak holds only what trains (fp32 weights by parameter count: mini VAE 15 MB +
+        text encoder 28 MB; SD 1.5 0.3 + 0.5 GB; measured peak RSS in benchmarks/results/diffusers_scripts.md)."""
         cfg = self.cfg
         if not self.owns_pipe or cfg.sample_every or cfg.validate_every:
             return
