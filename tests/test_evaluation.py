@@ -146,9 +146,9 @@ def test_vae_roundtrip_ceiling_input(tiny_pipe):
     from personify.evaluation.mini_quality import vae_roundtrip
 
     x = torch.rand(5, 3, 32, 32)
-    r = vae_roundtrip(tiny_pipe, x, batch=2)
+    r = vae_roundtrip(tiny_pipe.vae, x, batch=2)
     assert r.shape == x.shape and 0 <= r.min() and r.max() <= 1
-    assert torch.allclose(r, vae_roundtrip(tiny_pipe, x, batch=5), atol=1e-5)
+    assert torch.allclose(r, vae_roundtrip(tiny_pipe.vae, x, batch=5), atol=1e-5)
     assert (r - x).abs().mean() > 0.05
 
 

@@ -147,7 +147,7 @@ def _assert_same(a, b, prefix=""):
         assert a == b, prefix
 
 
-@pytest.mark.parametrize("stage", ["vae", "unet"])
+@pytest.mark.parametrize("stage", ["vae", "vae_decoder_gan", "unet"])
 def test_resume_is_bitwise_identical(stage, trained, world, tmp_path):
     from personify.mini.train import main
 
@@ -157,19 +157,52 @@ def test_resume_is_bitwise_identical(stage, trained, world, tmp_path):
         kw = dict(run_root=str(run_root), world_dir=str(world), max_steps=steps, **COMMON)
         if stage == "vae":
             return VaeConfig(**kw, **TINY_VAE)
+        if stage == "vae_decoder_gan":  # the discriminator and its optimizer are checkpointed too
+            return VaeConfig(**kw, **TINY_VAE, init_from=str(root / "vae" / "model"), train_encoder=False,
+                             adv_weight=0.5, adv_start=1, disc_channels=8)
         return UnetConfig(**kw, **TINY_UNET, clip_dir=str(root / "clip" / "model"), vae_dir=str(root / "vae" / "model"))
 
     main(cfg(tmp_path / "a", 4))  # uninterrupted
     main(cfg(tmp_path / "b", 2))  # interrupted after 2 steps ...
     main(cfg(tmp_path / "b", 4))  # ... and resumed
-    a, b = _state(tmp_path / "a" / stage / "checkpoint.pt"), _state(tmp_path / "b" / stage / "checkpoint.pt")
+    sub = "vae" if stage.startswith("vae") else stage
+    a, b = _state(tmp_path / "a" / sub / "checkpoint.pt"), _state(tmp_path / "b" / sub / "checkpoint.pt")
     _assert_same(a, b)
-    rows = (tmp_path / "b" / stage / "log.csv").read_text().strip().splitlines()
+    rows = (tmp_path / "b" / sub / "log.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     # and the check can fail: one more step changes the weights
     main(cfg(tmp_path / "b", 5))
     with pytest.raises(AssertionError):
-        _assert_same(a, _state(tmp_path / "b" / stage / "checkpoint.pt"))
+        _assert_same(a, _state(tmp_path / "b" / sub / "checkpoint.pt"))
+
+
+def test_decoder_finetune_keeps_the_latent_space(trained, world, tmp_path):
+    """train_encoder=False + a GAN term changes the decoder only: same encoder weights, same
+    scaling_factor (so a UNet trained on the old latents stays valid), decoder moved."""
+    from diffusers import AutoencoderKL
+
+    from personify.mini.train import main
+
+    root, _ = trained
+    base = root / "vae" / "model"
+    status = main(VaeConfig(run_root=str(tmp_path), world_dir=str(world), max_steps=3, **COMMON, **TINY_VAE,
+                            init_from=str(base), train_encoder=False, adv_weight=0.5, adv_start=1, disc_channels=8))
+    assert status["step"] == 3
+    rows = (tmp_path / "vae" / "log.csv").read_text().splitlines()
+    assert "d_loss" in rows[0] and "adv_lambda" in rows[0]  # the adversarial term ran
+    old, new = AutoencoderKL.from_pretrained(str(base)), AutoencoderKL.from_pretrained(str(tmp_path / "vae" / "model"))
+    assert new.config.scaling_factor == old.config.scaling_factor
+    olds, news = old.state_dict(), new.state_dict()
+    enc = [k for k in olds if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in olds if k.startswith(("decoder.", "post_quant_conv."))]
+    assert enc and dec
+    assert all(torch.equal(olds[k], news[k]) for k in enc)
+    assert not all(torch.equal(olds[k], news[k]) for k in dec)
+    with pytest.raises(ValueError, match="init_from"):
+        VaeConfig(train_encoder=False)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        main(VaeConfig(run_root=str(tmp_path / "x"), world_dir=str(world), max_steps=1, **COMMON, **TINY_VAE,
+                       init_from=str(tmp_path / "missing")))
 
 
 def test_export_roundtrip(trained, tmp_path):

@@ -25,6 +25,50 @@ def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
     return torch.randn((1, pipe.unet.config.in_channels, height // f, width // f), generator=g)
 
 
+def generate_latents(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = 25,
+    guidance: float = 7.5,
+    sampler: str = "ddim",
+    height: int | None = None,
+    width: int | None = None,
+    latents: torch.Tensor | None = None,
+    negative_prompt: str = "",
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Clean latents (N, 4, h, w), one per (prompt, seed), before the VAE decodes them (so several
+    decoders can be compared on the very same samples). Gradients flow unless the caller disables them."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = height or size, width or size
+    dev = pipe.unet.device
+    dtype = pipe.unet.dtype
+    sched = make_scheduler(sampler, pipe.scheduler)
+    out: list[torch.Tensor] = []
+    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt])  # (1, L, D)
+    for start in range(0, len(prompts), batch_size):
+        ps, ss = prompts[start : start + batch_size], seeds[start : start + batch_size]
+        if latents is not None:
+            x = latents[start : start + batch_size].to(dev, dtype)
+        else:
+            x = torch.cat([initial_noise(pipe, s, height, width) for s in ss]).to(dev, dtype)
+        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, ps)  # (B, L, D)
+        model = cfg_denoiser(unet_denoiser(pipe.unet), uncond.to(dtype), guidance)
+        out.append(sample(model, x, cond.to(dtype), sched, steps))  # (B, 4, h, w)
+    return torch.cat(out)
+
+
+def latents_to_images(vae, z0: torch.Tensor, batch_size: int = 16) -> list[Image.Image]:
+    """Decode clean latents (N, 4, h, w) with ``vae`` into PIL images."""
+    out: list[Image.Image] = []
+    for start in range(0, len(z0), batch_size):
+        imgs = decode(vae, z0[start : start + batch_size].to(vae.dtype))  # (B, 3, H, W) in [0, 1]
+        arr = (imgs.detach().float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        out.extend(Image.fromarray(a) for a in arr)
+    return out
+
+
 def generate_images(
     pipe,
     prompts: list[str],
@@ -38,27 +82,9 @@ def generate_images(
     negative_prompt: str = "",
     batch_size: int = 16,
 ) -> list[Image.Image]:
-    """Generate one image per (prompt, seed). Gradients flow unless the caller disables them."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    height, width = height or size, width or size
-    dev = pipe.unet.device
-    dtype = pipe.unet.dtype
-    sched = make_scheduler(sampler, pipe.scheduler)
-    out: list[Image.Image] = []
-    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt])  # (1, L, D)
-    for start in range(0, len(prompts), batch_size):
-        ps, ss = prompts[start : start + batch_size], seeds[start : start + batch_size]
-        if latents is not None:
-            x = latents[start : start + batch_size].to(dev, dtype)
-        else:
-            x = torch.cat([initial_noise(pipe, s, height, width) for s in ss]).to(dev, dtype)
-        cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, ps)  # (B, L, D)
-        model = cfg_denoiser(unet_denoiser(pipe.unet), uncond.to(dtype), guidance)
-        z0 = sample(model, x, cond.to(dtype), sched, steps)
-        imgs = decode(pipe.vae, z0.to(pipe.vae.dtype))  # (B, 3, H, W) in [0, 1]
-        arr = (imgs.detach().float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        out.extend(Image.fromarray(a) for a in arr)
-    return out
+    """Generate one image per (prompt, seed) (see :func:`generate_latents`)."""
+    z0 = generate_latents(pipe, prompts, seeds, steps, guidance, sampler, height, width, latents, negative_prompt, batch_size)
+    return latents_to_images(pipe.vae, z0, batch_size)
 
 
 def contact_sheet(images: list[Image.Image], cols: int | None = None, pad: int = 2) -> Image.Image:

@@ -70,9 +70,8 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def vae_roundtrip(pipe, x01: torch.Tensor, batch: int = 100) -> torch.Tensor:
+def vae_roundtrip(vae, x01: torch.Tensor, batch: int = 100) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> the VAE's reconstruction (posterior mean), same range."""
-    vae = pipe.vae
     out = []
     for s in range(0, len(x01), batch):
         x = x01[s:s + batch].to(vae.dtype) * 2 - 1
@@ -113,7 +112,7 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
     mask = np.isin(test["class_id"], [classes.index(c) for c in head])
     real = _u8(test["images"][mask][:5000])
     res["head50_top1_real_ceiling"] = float((classify(clf, real) == torch.from_numpy(test["class_id"][mask][:5000]).long()).float().mean())
-    res["head50_top1_vae_ceiling"] = float((classify(clf, vae_roundtrip(pipe, real[:1000])) ==
+    res["head50_top1_vae_ceiling"] = float((classify(clf, vae_roundtrip(pipe.vae, real[:1000])) ==
                                             torch.from_numpy(test["class_id"][mask][:1000]).long()).float().mean())
     if out:
         contact_sheet(imgs[:: per_class][:50], cols=10).save(Path(out) / "mini_head50.png")

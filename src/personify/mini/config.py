@@ -121,6 +121,11 @@ class VaeConfig(StageConfig):
     scale_samples: int = field(default=2048, metadata=_h("Images used to measure latent std for scaling_factor."))
     image_size: int = field(default=64, metadata=_h("Image side in pixels."))
     crop_size: int = field(default=32, metadata=_h("Train on random crops of this side (the VAE is convolutional; 32 px crops cost 4x less than full 64 px images). Validation and scaling_factor use full images."))
+    init_from: str = field(default="", metadata=_h("Start from this AutoencoderKL folder (e.g. the shipped VAE) instead of random weights; its architecture replaces the size fields above."))
+    train_encoder: bool = field(default=True, metadata=_h("False = fine-tune the decoder only (needs init_from): the latent space and scaling_factor stay fixed, so a UNet trained on them stays valid, as with SD's ft-MSE/ft-EMA decoders."))
+    adv_weight: float = field(default=0.0, metadata=_h("Weight of a patch-GAN hinge loss on reconstructions, scaled adaptively as in VQGAN (Esser et al. 2021, eq. 7); 0 = off. The discriminator is trained here from scratch and never shipped."))
+    adv_start: int = field(default=0, metadata=_h("Step at which the adversarial term (and the discriminator's training) starts."))
+    disc_channels: int = field(default=32, metadata=_h("Width of the first patch-discriminator layer (doubles twice)."))
 
     stage = "vae"
 
@@ -133,8 +138,12 @@ class VaeConfig(StageConfig):
             raise ValueError("norm_num_groups must divide every block width")
         if self.crop_size % 8 or not 8 <= self.crop_size <= self.image_size:
             raise ValueError("crop_size must be a multiple of 8 in [8, image_size]")
-        if self.kl_weight < 0 or self.edge_weight < 0:
+        if self.kl_weight < 0 or self.edge_weight < 0 or self.adv_weight < 0:
             raise ValueError("loss weights must be >= 0")
+        if not self.train_encoder and not self.init_from:
+            raise ValueError("train_encoder=False fine-tunes an existing decoder: set init_from to its VAE folder")
+        if self.adv_start < 0 or self.disc_channels < 8:
+            raise ValueError("adv_start must be >= 0 and disc_channels >= 8")
 
 
 @dataclass

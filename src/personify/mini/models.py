@@ -82,6 +82,30 @@ def build_vae(cfg: VaeConfig, scaling_factor: float = 1.0):
     )
 
 
+def load_or_build_vae(cfg: VaeConfig):
+    """The VAE a stage trains: ``cfg.init_from`` when set (fine-tuning), else a fresh one."""
+    if not cfg.init_from:
+        return build_vae(cfg)
+    from diffusers import AutoencoderKL
+
+    folder = Path(cfg.init_from).expanduser()
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no AutoencoderKL folder (config.json) to start from; fix init_from")
+    return AutoencoderKL.from_pretrained(str(folder)).float()
+
+
+def build_patch_discriminator(channels: int = 32) -> nn.Module:
+    """PatchGAN (Isola et al. 2017) with GroupNorm: (B, 3, H, W) -> (B, 1, H/4 - 2, W/4 - 2) logits,
+    one real/fake score per ~22 px patch. Used only while fine-tuning the VAE; never shipped."""
+    c = channels
+
+    def block(i: int, o: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 4, stride, 1), nn.GroupNorm(8, o), nn.LeakyReLU(0.2)]
+
+    return nn.Sequential(nn.Conv2d(3, c, 4, 2, 1), nn.LeakyReLU(0.2), *block(c, 2 * c, 2), *block(2 * c, 4 * c, 1),
+                         nn.Conv2d(4 * c, 1, 4, 1, 1))
+
+
 def build_unet(cfg: UnetConfig, cross_attention_dim: int):
     from diffusers import UNet2DConditionModel
 

@@ -120,27 +120,40 @@ class ClipStage:
 # VAE
 # ==========================================================================================
 class VaeStage:
+    """L1 + edge (+ KL) reconstruction, optionally with an adaptive patch-GAN term (VQGAN, Esser et al.
+    2021): L = L_rec + lambda * L_G, lambda = adv_weight * ||grad L_rec|| / ||grad L_G|| at the decoder's
+    last layer (their eq. 7), so the adversarial push never outweighs reconstruction at the output."""
+
     def __init__(self, cfg: VaeConfig, data: SceneSplit):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.vae = M.build_vae(cfg)
+        self.vae = M.load_or_build_vae(cfg)
+        # Decoder-only fine-tuning freezes what defines the latent space (encoder + quant_conv).
+        for module in (self.vae.encoder, self.vae.quant_conv):
+            module.requires_grad_(cfg.train_encoder)
         n_val = _holdout(len(data))
         self.n_train = len(data) - n_val
         self.images = torch.from_numpy(data.images)
         self.opt = _adamw(self.vae.parameters(), cfg)
         self.batch_size = min(cfg.batch_size, self.n_train)
+        self.disc = self.disc_opt = None
+        if cfg.adv_weight > 0:
+            self.disc = M.build_patch_discriminator(cfg.disc_channels)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
 
     def state(self):
-        return {"vae": self.vae, "opt": self.opt}
+        extra = {"disc": self.disc, "disc_opt": self.disc_opt} if self.disc is not None else {}
+        return {"vae": self.vae, "opt": self.opt, **extra}
 
     def _losses(self, x: torch.Tensor, g: torch.Generator | None):
-        post = self.vae.encode(x).latent_dist
-        z = post.sample(generator=g) if g is not None else post.mean
-        rec = self.vae.decode(z).sample
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_encoder):
+            post = self.vae.encode(x).latent_dist
+            z = post.sample(generator=g) if g is not None else post.mean  # (B, 4, h/8, w/8)
+        rec = self.vae.decode(z).sample  # (B, 3, h, w)
         l1 = (rec - x).abs().mean()
         edge = ((rec.diff(dim=-1) - x.diff(dim=-1)).abs().mean() + (rec.diff(dim=-2) - x.diff(dim=-2)).abs().mean())
         kl = post.kl().mean() / z[0].numel()
-        return l1, edge, kl
+        return l1, edge, kl, rec
 
     def train_step(self, step: int, g: torch.Generator) -> dict:
         self.vae.train()
@@ -152,13 +165,32 @@ class VaeStage:
             x = x[:, :, oy:oy + c, ox:ox + c]
         flip = torch.rand(len(idx), generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        l1, edge, kl = self._losses(x, g)
-        loss = l1 + self.cfg.edge_weight * edge + self.cfg.kl_weight * kl
+        l1, edge, kl, rec = self._losses(x, g)
+        loss = l1 + self.cfg.edge_weight * edge + (self.cfg.kl_weight * kl if self.cfg.train_encoder else 0.0)
+        out = {"l1": l1.item(), "edge": edge.item(), "kl": kl.item()}
+        adversarial = self.disc is not None and step >= self.cfg.adv_start
+        if adversarial:
+            self.disc.requires_grad_(False)
+            g_loss = -self.disc(rec).mean()
+            last = self.vae.decoder.conv_out.weight
+            g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0].norm()
+            g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+            lam = (self.cfg.adv_weight * g_rec / (g_adv + 1e-4)).clamp(max=1e4).detach()
+            loss = loss + lam * g_loss
+            out.update(g_loss=g_loss.item(), adv_lambda=lam.item())
+        out["loss"] = loss.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in self.vae.parameters() if p.requires_grad], 1.0)
         self.opt.step()
-        return {"loss": loss.item(), "l1": l1.item(), "edge": edge.item(), "kl": kl.item()}
+        if adversarial:  # hinge loss (Lim & Ye 2017) on real crops vs. this step's reconstructions
+            self.disc.requires_grad_(True)
+            d_loss = 0.5 * (F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(rec.detach())).mean())
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_opt.step()
+            out["d_loss"] = d_loss.item()
+        return out
 
     @torch.no_grad()
     def measure_latent_std(self) -> float:
@@ -171,14 +203,15 @@ class VaeStage:
 
     def save_model(self, out: Path) -> dict:
         std = self.measure_latent_std()
-        self.vae.register_to_config(scaling_factor=1.0 / std)
+        if self.cfg.train_encoder:  # a frozen encoder keeps the scaling_factor its UNet was trained with
+            self.vae.register_to_config(scaling_factor=1.0 / std)
         self.vae.save_pretrained(out)
-        info = {"latent_std": std, "scaling_factor": 1.0 / std}
+        info = {"latent_std": std, "scaling_factor": self.vae.config.scaling_factor}
         n0 = self.n_train
         if len(self.images) - n0 >= 1:
             with torch.no_grad():
                 x = to_unit(self.images[n0:n0 + 256])
-                l1, edge, kl = self._losses(x, None)
+                l1, edge, kl, _ = self._losses(x, None)
                 rec = self.vae.decode(self.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
                 mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
             info.update(val_l1=l1.item(), val_psnr=float(10 * np.log10(1.0 / max(mse, 1e-12))))

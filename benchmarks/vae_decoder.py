@@ -1,0 +1,112 @@
+"""Compare VAE decoders on the very same generated latents and real renders, side by side.
+
+    python benchmarks/vae_decoder.py --decoder shipped=src/personify/assets/mini-sd/vae \
+        --decoder gan=/work/runs/mini3/vae/model --json benchmarks/results/vae_decoder.json
+
+The generator's UNet (``--model``) samples "a photo of a {class}" for the 50 most frequent classes
+once (same seeds as ``personify.evaluation.mini_quality``, so the shipped row reproduces its
+``head50_top1``); every decoder then decodes those latents. Per decoder:
+
+- ``gen_top1``: evaluator-classifier top-1 on the decoded samples (what a user sees);
+- ``vae_ceiling_top1``: top-1 on 1,000 real head-50 test renders after that VAE's round trip;
+- ``psnr_db``: PSNR of that round trip (blur lowers it; a GAN decoder may trade PSNR for detail);
+- ``frechet``: Fréchet distance (DINO evaluator) of the decoded samples to real head-50 renders.
+
+A decoder fine-tuned with its encoder frozen (``personify mini train --stage vae --no-train-encoder``)
+keeps the latent space, so the same UNet applies to every row; the script checks that the
+scaling_factors agree and refuses otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--decoder", action="append", required=True, metavar="NAME=VAE_FOLDER")
+    ap.add_argument("--model", default="mini", help="generator whose UNet samples the latents")
+    ap.add_argument("--per-class", type=int, default=8)
+    ap.add_argument("--n-real", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", default=None, help="write one PNG per decoder (first image of each class) here")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from diffusers import AutoencoderKL
+
+    import personify
+    from personify.evaluation.dreambench import Evaluator
+    from personify.evaluation.encoders import load_clip, load_dino
+    from personify.evaluation.mini_quality import _u8, classify, features, frechet, load_classifier, vae_roundtrip
+    from personify.evaluation.run import default_evaluator_path
+    from personify.generate import contact_sheet, generate_latents, latents_to_images
+    from personify.world import load_meta, load_split
+
+    torch.set_num_threads(1)
+    decoders = {}
+    for spec in args.decoder:
+        name, _, path = spec.partition("=")
+        if not path or not (Path(path) / "config.json").exists():
+            raise SystemExit(f"--decoder {spec}: expected NAME=FOLDER with an AutoencoderKL config.json")
+        decoders[name] = AutoencoderKL.from_pretrained(path).float().eval()
+    pipe = personify.load_pipeline(args.model)
+    sf = {n: v.config.scaling_factor for n, v in decoders.items()}
+    if len({round(v, 6) for v in sf.values()} | {round(pipe.vae.config.scaling_factor, 6)}) != 1:
+        raise SystemExit(f"scaling factors differ ({sf}, generator {pipe.vae.config.scaling_factor}): "
+                         "these decoders do not share the generator's latent space")
+
+    root = default_evaluator_path("clip").parent
+    ev = Evaluator(load_clip(root / "clip"), load_dino(root / "dino"))
+    clf = load_classifier(root / "classifier")
+    meta = load_meta()
+    classes, head = meta["classes"], meta["head"][:50]
+    prompts = [f"a photo of a {c}" for c in head for _ in range(args.per_class)]
+    target = torch.tensor([classes.index(c) for c in head for _ in range(args.per_class)])
+    test = load_split("test")
+    mask = np.isin(test["class_id"], [classes.index(c) for c in head])
+    real = _u8(test["images"][mask][: args.n_real])
+    real_y = torch.from_numpy(test["class_id"][mask][: args.n_real]).long()
+    real_feat = features(ev, real)
+
+    t0 = time.time()
+    with torch.no_grad():
+        z0 = generate_latents(pipe, prompts, [args.seed + i for i in range(len(prompts))], steps=25)
+    print(f"sampled {len(z0)} latents in {time.time() - t0:.0f} s", flush=True)
+
+    rows = {}
+    for name, vae in decoders.items():
+        with torch.no_grad():
+            imgs = latents_to_images(vae, z0)
+            rec = vae_roundtrip(vae, real)
+        gen = _u8(imgs)
+        mse = torch.mean((rec - real) ** 2).item()
+        rows[name] = {
+            "gen_top1": float((classify(clf, gen) == target).float().mean()),
+            "vae_ceiling_top1": float((classify(clf, rec) == real_y).float().mean()),
+            "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+            "frechet": frechet(features(ev, gen), real_feat),
+        }
+        if args.grid:
+            Path(args.grid).mkdir(parents=True, exist_ok=True)
+            contact_sheet(imgs[:: args.per_class], cols=10).save(Path(args.grid) / f"vae_decoder_{name}.png")
+    rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean())}
+
+    ref = next(iter(decoders))
+    print(f"{'decoder':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}   ratios vs {ref}")
+    for name in decoders:
+        r, b = rows[name], rows[ref]
+        print(f"{name:<14}{r['gen_top1']:>10.1%}{r['vae_ceiling_top1']:>13.1%}{r['psnr_db']:>9.2f}{r['frechet']:>9.4f}"
+              f"   top-1 x{r['gen_top1'] / max(b['gen_top1'], 1e-9):.2f}, Fréchet x{r['frechet'] / b['frechet']:.2f}")
+    print(f"{'real renders':<14}{'':>10}{rows['_real']['vae_ceiling_top1']:>13.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
