@@ -31,6 +31,12 @@ def test_hash_tells_models_apart_and_ignores_fp16(tiny_pipe):
     half = load_pipeline("tiny")
     half.to(torch.float16)
     assert model_hash(half) == tiny_pipe.personify_base_hash
+    # the VAE encoder (the latent space) counts, a swapped-in decoder does not
+    for prefix, same in (("decoder.", True), ("post_quant_conv.", True), ("encoder.", False), ("quant_conv.", False)):
+        m = load_pipeline("tiny")
+        with torch.no_grad():
+            next(p for k, p in m.vae.named_parameters() if k.startswith(prefix)).add_(0.1)
+        assert (model_hash(m) == tiny_pipe.personify_base_hash) == same, prefix
 
 
 def test_single_file_flat_with_config(tiny_pipe, tmp_path):

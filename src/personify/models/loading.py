@@ -202,9 +202,16 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike) -> 
     save_file(state, str(path))
 
 
+# The VAE decoder is left out of the fingerprint: concepts, class latents and the apprentice live in
+# the latent space (UNet, text encoder, VAE encoder), so a fine-tuned decoder swapped in (as SD users
+# do with the ft-MSE VAE, or `personify mini train --stage vae --no-train-encoder`) keeps them valid.
+_DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+
+
 def model_hash(pipe: StableDiffusionPipeline) -> str:
-    """A fingerprint of the weights: for each tensor of unet / text encoder / vae, its name, shape
-    and up to 1024 evenly strided values rounded to fp16 (so an fp32 model and its fp16 copy agree).
+    """A fingerprint of what trained concepts depend on: for each tensor of unet / text encoder /
+    VAE encoder, its name, shape and up to 1024 evenly strided values rounded to fp16 (so an fp32
+    model and its fp16 copy agree).
 
     Hashing every byte of SD (~4 GB) takes seconds; any training touches far more than one
     value in 1024, so the strided sample tells models apart just as well.
@@ -213,6 +220,8 @@ def model_hash(pipe: StableDiffusionPipeline) -> str:
     for name in ("unet", "text_encoder", "vae"):
         module = getattr(pipe, name)
         for k, v in sorted(module.state_dict().items()):
+            if name == "vae" and k.startswith(_DECODER_PREFIXES):
+                continue
             flat = v.detach().reshape(-1)
             step = max(1, flat.numel() // 1024)
             sample = flat[::step].to(torch.float16).cpu().numpy().tobytes()
