@@ -37,6 +37,12 @@ def test_hash_tells_models_apart_and_ignores_fp16(tiny_pipe):
         with torch.no_grad():
             next(p for k, p in m.vae.named_parameters() if k.startswith(prefix)).add_(0.1)
         assert (model_hash(m) == tiny_pipe.personify_base_hash) == same, prefix
+    # artifacts recorded under the older fingerprint (decoder included) still name this model
+    from personify.models import same_base
+
+    assert model_hash(tiny_pipe, decoder=True) != tiny_pipe.personify_base_hash
+    assert same_base(tiny_pipe, model_hash(tiny_pipe, decoder=True)) and same_base(tiny_pipe, tiny_pipe.personify_base_hash)
+    assert not same_base(tiny_pipe, other.personify_base_hash) and not same_base(tiny_pipe, other.personify_legacy_hash)
 
 
 def test_single_file_flat_with_config(tiny_pipe, tmp_path):

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import PersonifyError
+from .models.loading import same_base
 
 FORMAT = "personify.concept/1"
 
@@ -112,7 +113,7 @@ def apply_concepts(pipe, paths: list[str | os.PathLike]) -> None:
                     "retrain one concept with another --identifier / --placeholder"
                 )
         base = getattr(pipe, "personify_base_hash", None)
-        if meta["base_model_hash"] != base:
+        if not same_base(pipe, meta["base_model_hash"]):
             raise PersonifyError(
                 f"{meta['path']}: trained on base model {meta['base_model_hash']} ({meta.get('base_model')}), "
                 f"but the loaded model is {base}; pass --model {meta.get('base_model')}"

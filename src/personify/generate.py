@@ -15,6 +15,7 @@ import warnings
 from PIL import Image
 
 from .config import check
+from .models.loading import same_base
 from .sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_scheduler, sample, unet_denoiser
 
 
@@ -154,7 +155,7 @@ def run_generate(cfg: GenerateConfig) -> list[Path]:
         want = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         if latents.ndim != 4 or tuple(latents.shape[1:]) != want:
             raise PersonifyError(f"{cfg.latents}: latents of shape {tuple(latents.shape[1:])} do not fit this model's {want}; use the model they were made with")
-        if lat_meta.get("model_hash") and lat_meta["model_hash"] != pipe.personify_base_hash:
+        if not same_base(pipe, lat_meta.get("model_hash")):
             warnings.warn(f"{cfg.latents}: made with model {lat_meta['model_hash']}, not {pipe.personify_base_hash}; images will differ")
     cfg = cfg.resolve(lat_meta, None if latents is None else len(latents))
     seeds = [cfg.seed + i for i in range(cfg.n)]

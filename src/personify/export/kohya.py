@@ -24,6 +24,7 @@ import torch
 
 from ..artifact import atomic_save_safetensors, read_concept
 from ..errors import PersonifyError
+from ..models.loading import same_base
 from ..methods.lora.adapters import COMPONENTS, activate_all, add_adapters, fresh_adapter_name, load_adapter_state, lora_configs
 
 PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
@@ -101,7 +102,7 @@ def load_kohya_lora(pipe, path: str | os.PathLike, adapter_name: str | None = No
     tensors, header = read_kohya(path)
     source = json.loads(header[SOURCE_KEY]) if SOURCE_KEY in header else {}
     base = getattr(pipe, "personify_base_hash", None)
-    if source.get("base_model_hash") and base and source["base_model_hash"] != base:
+    if not same_base(pipe, source.get("base_model_hash")):
         raise PersonifyError(
             f"{path}: exported from a concept trained on base model {source['base_model_hash']} ({source.get('base_model')}), "
             f"but the loaded model is {base}; pass --model {source.get('base_model')}"

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..config import check
 from ..errors import PersonifyError
+from ..models.loading import same_base
 from ..sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_scheduler, sample
 from .model import Apprentice, DemoContext
 
@@ -75,7 +76,7 @@ def load_apprentice(pipe, state, **kw) -> Apprentice:
             raise PersonifyError(f"{p}: not an apprentice weights file ({str(e)[:80]})") from None
         if meta.get("format") != ADAPTER_FORMAT:
             raise PersonifyError(f"{p}: not an apprentice weights file (format {meta.get('format')!r})")
-        if meta.get("base_model_hash") and meta["base_model_hash"] != getattr(pipe, "personify_base_hash", meta["base_model_hash"]):
+        if not same_base(pipe, meta.get("base_model_hash")):
             raise PersonifyError(f"{p}: trained on base model {meta['base_model_hash']}, not this one; use the model it was trained on")
         if meta.get("unet_file"):  # trained with the whole UNet unfrozen: its UNet comes along
             unet_file = p.with_name(meta["unet_file"])

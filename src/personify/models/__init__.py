@@ -1,3 +1,3 @@
-from .loading import load_pipeline, model_hash, DEFAULT_MODEL
+from .loading import load_pipeline, model_hash, same_base, DEFAULT_MODEL
 
-__all__ = ["load_pipeline", "model_hash", "DEFAULT_MODEL"]
+__all__ = ["load_pipeline", "model_hash", "same_base", "DEFAULT_MODEL"]

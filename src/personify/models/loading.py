@@ -79,6 +79,7 @@ def load_pipeline(
             raise PersonifyError(f"{p}: model not found; pass a diffusers folder, a .safetensors file, 'mini' or 'tiny'")
     pipe.set_progress_bar_config(disable=True)
     pipe.personify_base_hash = model_hash(pipe)
+    pipe.personify_legacy_hash = model_hash(pipe, decoder=True)
     pipe.personify_source = name
     pipe.personify_concepts = []
     return pipe
@@ -208,10 +209,11 @@ def save_single_file(pipe: StableDiffusionPipeline, path: str | os.PathLike) -> 
 _DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
-def model_hash(pipe: StableDiffusionPipeline) -> str:
+def model_hash(pipe: StableDiffusionPipeline, decoder: bool = False) -> str:
     """A fingerprint of what trained concepts depend on: for each tensor of unet / text encoder /
     VAE encoder, its name, shape and up to 1024 evenly strided values rounded to fp16 (so an fp32
-    model and its fp16 copy agree).
+    model and its fp16 copy agree). ``decoder=True`` also hashes the VAE decoder: the fingerprint
+    artifacts recorded until 22 Nov 2026 (session 4), still accepted by :func:`same_base`.
 
     Hashing every byte of SD (~4 GB) takes seconds; any training touches far more than one
     value in 1024, so the strided sample tells models apart just as well.
@@ -220,7 +222,7 @@ def model_hash(pipe: StableDiffusionPipeline) -> str:
     for name in ("unet", "text_encoder", "vae"):
         module = getattr(pipe, name)
         for k, v in sorted(module.state_dict().items()):
-            if name == "vae" and k.startswith(_DECODER_PREFIXES):
+            if name == "vae" and not decoder and k.startswith(_DECODER_PREFIXES):
                 continue
             flat = v.detach().reshape(-1)
             step = max(1, flat.numel() // 1024)
@@ -228,6 +230,15 @@ def model_hash(pipe: StableDiffusionPipeline) -> str:
             h.update(f"{name}.{k}:{tuple(v.shape)}".encode())
             h.update(sample)
     return h.hexdigest()[:16]
+
+
+def same_base(pipe, recorded: str | None) -> bool:
+    """Whether a base-model hash recorded in an artifact/checkpoint names the loaded model (also
+    under the older fingerprint that included the decoder). Unknown on either side = no objection."""
+    ours = getattr(pipe, "personify_base_hash", None)
+    if not recorded or not ours or recorded == ours:
+        return True
+    return recorded == getattr(pipe, "personify_legacy_hash", None)
 
 
 def _first_line(e: BaseException) -> str:

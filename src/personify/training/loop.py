@@ -33,6 +33,7 @@ from ..data.dataset import SubjectImages, encode_latents, load_class_folder
 from ..errors import PersonifyError
 from ..generate import contact_sheet, generate_images
 from ..methods import Method, MethodConfig, get_method
+from ..models.loading import same_base
 from ..sampling import encode_prompts, tokenize
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -362,7 +363,7 @@ class Trainer:
         if state.get("method") != self.method.name:
             raise PersonifyError(f"{path}: checkpoint is from method {state.get('method')!r}, not {self.method.name!r}; use another --out")
         base, ours = state.get("base_model_hash"), getattr(self.pipe, "personify_base_hash", None)
-        if base and ours and base != ours:
+        if not same_base(self.pipe, base):
             raise PersonifyError(f"{path}: checkpoint was trained on base model {base}, not this one ({ours}); "
                                  "train into a new --out (or load the model it was trained on)")
         if state.get("seed") != self.cfg.seed:

@@ -43,6 +43,7 @@ import torch
 
 from ...config import check
 from ...errors import PersonifyError
+from ...models.loading import same_base
 
 KV = ("to_k", "to_v")
 
@@ -151,7 +152,7 @@ def _read(paths, pipe):
                 f"{meta['path']}: trained on base model {meta['base_model_hash']} ({meta.get('base_model')}), but {first['path']} on "
                 f"{first['base_model_hash']} ({first.get('base_model')}); only concepts of the same base model can be merged"
             )
-    if first["base_model_hash"] != base:
+    if not same_base(pipe, first["base_model_hash"]):
         raise PersonifyError(
             f"{first['path']}: trained on base model {first['base_model_hash']} ({first.get('base_model')}), but the loaded model is {base}; "
             f"pass --model {first.get('base_model')}"
