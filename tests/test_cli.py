@@ -25,6 +25,27 @@ def test_generate_writes_images_sidecars_and_sheet(tmp_path):
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(pngs[1])))
 
 
+def test_generate_with_a_swapped_in_vae(tmp_path):
+    """`--vae DIR` decodes with another AutoencoderKL (here: the tiny model's with a changed decoder):
+    other pixels, same base-model hash (concepts stay valid); a folder that is not a VAE is one line."""
+    import torch
+
+    from personify.models import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias.add_(0.5)
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    args = ["generate", "a photo of a dog", "--model", "tiny", "--n", "1", "--steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "b")]) == 0
+    a, b = (next((tmp_path / d).glob("*000000.png")) for d in "ab")
+    assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    ha, hb = (json.loads(p.with_suffix(".json").read_text())["model_hash"] for p in (a, b))
+    assert ha == hb
+    assert main([*args, "--vae", str(tmp_path), "--out", str(tmp_path / "c")]) == 2  # no config.json there
+
+
 def test_train_from_yaml_and_toml_config(subject_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("personify.data.class_images.CLASS_STEPS", 2)
     y = tmp_path / "c.yaml"

@@ -45,6 +45,15 @@ def test_hash_tells_models_apart_and_ignores_fp16(tiny_pipe):
     assert not same_base(tiny_pipe, other.personify_base_hash) and not same_base(tiny_pipe, other.personify_legacy_hash)
 
 
+def test_vae_that_does_not_fit_the_latents_is_refused(tiny_pipe, tmp_path):
+    from diffusers import AutoencoderKL
+
+    cfg = {k: v for k, v in tiny_pipe.vae.config.items() if not k.startswith("_")}
+    AutoencoderKL(**{**cfg, "latent_channels": 8}).save_pretrained(tmp_path / "vae8")
+    with pytest.raises(PersonifyError, match="do not fit"):
+        load_pipeline("tiny", vae=tmp_path / "vae8")
+
+
 def test_single_file_flat_with_config(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path / "cfg")
     save_single_file(tiny_pipe, tmp_path / "model.safetensors")

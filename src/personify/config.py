@@ -128,6 +128,26 @@ def load_file(path: Path) -> dict[str, Any]:
     return data
 
 
+@dataclasses.dataclass
+class ModelSource:
+    """The base-model options every command shares (one schema: `--model`, `--model-config`,
+    `--allow-pickle`, `--vae`); command configs inherit them."""
+
+    model: str = dataclasses.field(default="mini", metadata={"help": "base model: 'mini' (embedded), 'tiny' (random, for tests), a diffusers folder or a single .safetensors file"})
+    model_config: str | None = dataclasses.field(default=None, metadata={"help": "diffusers config folder for a single-file checkpoint"})
+    allow_pickle: bool = dataclasses.field(default=False, metadata={"help": "allow .ckpt/.pt/.bin models (loaded with weights_only=True)"})
+    vae: str | None = dataclasses.field(default=None, metadata={"help": "AutoencoderKL folder used instead of the model's VAE, e.g. a fine-tuned decoder (same encoder: trained concepts stay valid)"})
+
+    def model_options(self) -> dict[str, Any]:
+        """These options as keywords (for `personify.train(...)`, which takes TrainConfig fields)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSource)}
+
+    def load_pipeline(self, **kw):
+        from .models import load_pipeline
+
+        return load_pipeline(self.model, config=self.model_config, allow_pickle=self.allow_pickle, vae=self.vae, **kw)
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """JSON-friendly dict of a config (Paths become strings)."""
     out = {}

@@ -14,7 +14,7 @@ import warnings
 
 from PIL import Image
 
-from .config import check
+from .config import ModelSource, check
 from .models.loading import same_base
 from .sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_scheduler, sample, unet_denoiser
 
@@ -99,11 +99,8 @@ def contact_sheet(images: list[Image.Image], cols: int | None = None, pad: int =
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ModelSource):
     prompt: str = field(default="", metadata={"help": "text prompt", "cli": False})
-    model: str = field(default="mini", metadata={"help": "model: 'mini' (embedded), 'tiny' (random), a diffusers folder or a .safetensors file"})
-    model_config: str | None = field(default=None, metadata={"help": "diffusers config folder for a single-file checkpoint"})
-    allow_pickle: bool = field(default=False, metadata={"help": "allow loading .ckpt/.pt/.bin (weights_only=True)"})
     concept: list[str] = field(default_factory=list, metadata={"help": "concept artifact(s) to apply"})
     seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed+i"})
     steps: int | None = field(default=None, metadata={"help": "sampling steps (default 25, or the --latents file's)"})
@@ -139,9 +136,8 @@ def run_generate(cfg: GenerateConfig) -> list[Path]:
     """Write PNGs, one JSON sidecar per image and a contact sheet; return the image paths."""
     from .artifact import apply_concepts
     from .errors import PersonifyError
-    from .models import load_pipeline
 
-    pipe = load_pipeline(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
+    pipe = cfg.load_pipeline()
     apply_concepts(pipe, cfg.concept)
     latents, lat_meta = None, None
     if cfg.latents:

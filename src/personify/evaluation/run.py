@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from ..config import check
+from ..config import ModelSource, check
 from ..errors import PersonifyError
 from .dreambench import Benchmark, Evaluator, base_clip_t, evaluate_subject, load_mini, load_real
 
@@ -17,7 +17,7 @@ def default_evaluator_path(name: str) -> Path:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ModelSource):
     concept: list[str] = field(default_factory=list, metadata={"help": "concept artifact(s) to score; several = one comparison report"})
     method_options: dict = field(default_factory=dict, metadata={"help": "extra method options for --method (config file only)", "cli": False})
     method: list[str] = field(default_factory=list, metadata={"help": "train these methods on each subject, then score them (several = comparison)"})
@@ -25,7 +25,6 @@ class EvalConfig:
     benchmark: Literal["mini", "real"] = field(default="mini", metadata={"help": "mini-DreamBench (shipped) or real DreamBench"})
     prompts_file: str | None = field(default=None, metadata={"help": "real DreamBench prompts_and_classes.txt"})
     images_root: str | None = field(default=None, metadata={"help": "real DreamBench images, one folder per subject"})
-    model: str = field(default="mini", metadata={"help": "base model"})
     clip: str | None = field(default=None, metadata={"help": "CLIP folder (CLIPModel + tokenizer); default: the mini evaluator"})
     dino: str | None = field(default=None, metadata={"help": "DINO ViT folder (ViTModel); default: the mini evaluator"})
     n_per_prompt: int = field(default=4, metadata={"help": "images per prompt (protocol: 4)"})
@@ -64,7 +63,6 @@ def load_benchmark(cfg: EvalConfig) -> Benchmark:
 def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> Path:
     import personify
     from ..artifact import read_concept
-    from ..models import load_pipeline
 
     bench = load_benchmark(cfg)
     ev = evaluator or load_evaluator(cfg)
@@ -85,16 +83,16 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> Path:
                 run_dir = out / "train" / method / s
                 from ..training.checkpoint import list_checkpoints
 
-                art = personify.train(method, images=str(sub.images[0].parent), model=cfg.model, class_word=sub.class_word,
+                art = personify.train(method, images=str(sub.images[0].parent), class_word=sub.class_word, **cfg.model_options(),
                                       out=str(run_dir), seed=cfg.seed, progress=False, resume=bool(list_checkpoints(run_dir)), **extra)
                 jobs.append((str(art), s, method))
     results, base_t = [], {}
-    base = load_pipeline(cfg.model)
+    base = cfg.load_pipeline()
     for path, s, label in jobs:
         sub = bench.subjects[s]
         if s not in base_t:
             base_t[s] = base_clip_t(base, bench, sub, ev, cfg.n_per_prompt, cfg.steps, cfg.guidance, cfg.seed)
-        pipe = load_pipeline(cfg.model)
+        pipe = cfg.load_pipeline()
         personify.apply_concepts(pipe, [path])
         meta = pipe.personify_concepts[-1]
         ident = meta["tokens"][0]

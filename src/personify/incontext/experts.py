@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import check, to_dict
+from ..config import ModelSource, check, to_dict
 from ..sampling import SAMPLERS
 from .data import Cluster
 from .generate import MAX_DEMOS, MIN_DEMOS
@@ -39,8 +39,7 @@ N_BACKGROUNDS = 23  # world.backgrounds.BACKGROUNDS; demos may also use the plai
 
 
 @dataclass
-class ExpertsConfig:
-    model: str = field(default="mini", metadata={"help": "base model: 'mini', 'tiny', a diffusers folder or .safetensors"})
+class ExpertsConfig(ModelSource):
     out: str = field(default="runs/experts", metadata={"help": "shard folder (<subject>_seed<seed>.npz, experts.jsonl, experts.json); shared by all Ray nodes"})
     world_cache: str | None = field(default=None, metadata={"help": "emoji world cache folder (default $PERSONIFY_WORLD or ~/.cache/personify/world)"})
     n_demos: int = field(default=3, metadata={"help": f"demonstrations per subject ({MIN_DEMOS}-{MAX_DEMOS}); the expert trains on them"})
@@ -145,7 +144,7 @@ def train_expert(cluster: Cluster, work: Path, cfg: ExpertsConfig):
         (demos / f"{k:02d}.txt").write_text(with_identifier(cap, cluster.word))
     opts = {"steps": cfg.lora_steps, "rank": cfg.lora_rank, "learning_rate": cfg.lora_lr, "prior_weight": cfg.prior_weight,
             "num_class_images": cfg.num_class_images, "seed": cfg.seed, "resume": True, "progress": False, **cfg.lora_options}
-    pipe = personify.load_pipeline(cfg.model)  # fresh per expert: LoRA adapters on one pipeline all stay active
+    pipe = cfg.load_pipeline()  # fresh per expert: LoRA adapters on one pipeline all stay active
     art = personify.train("lora", str(demos), pipe=pipe, class_word=cluster.word, out=str(work / "lora"), **opts)
     return pipe, read_concept(art)[1]
 

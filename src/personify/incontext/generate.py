@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import check
+from ..config import ModelSource, check
 from ..errors import PersonifyError
 from ..models.loading import same_base
 from ..sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_scheduler, sample
@@ -168,11 +168,10 @@ def generate_with_demos(pipe, apprentice_state, demo_images: list[Image.Image], 
 
 
 @dataclass
-class DemosConfig:
+class DemosConfig(ModelSource):
     prompt: str = field(default="", metadata={"help": "text prompt; '[class]' is replaced by --class-word", "cli": False})
     demos: str = field(default="", metadata={"help": "folder with 2-8 photos of one subject (optional name.txt captions)"})
     apprentice: str = field(default="", metadata={"help": "apprentice weights (.safetensors from personify incontext train); default for --model mini: the shipped one"})
-    model: str = field(default="mini", metadata={"help": "base model the apprentice was trained on"})
     class_word: str = field(default="", metadata={"help": "subject class word for '[class]' and default demo captions"})
     seed: int = field(default=0, metadata={"help": "seed of the first image; image i uses seed+i"})
     steps: int = field(default=25, metadata={"help": "sampling steps"})
@@ -209,7 +208,6 @@ def default_apprentice(model: str) -> Path | None:
 def main(cfg: DemosConfig) -> list[Path]:
     """Write one PNG + JSON sidecar per image; return the image paths."""
     from ..data.dataset import SubjectImages
-    from ..models import load_pipeline
 
     if not cfg.demos:
         raise PersonifyError("--demos is required: a folder with 2-8 photos of the subject")
@@ -217,7 +215,7 @@ def main(cfg: DemosConfig) -> list[Path]:
     if not apprentice:
         raise PersonifyError(f"--apprentice is required for model {cfg.model!r} (a default ships only for 'mini'): "
                              "weights from `personify incontext train`")
-    pipe = load_pipeline(cfg.model)
+    pipe = cfg.load_pipeline()
     try:
         app = load_apprentice(pipe, apprentice)  # read once; generate_with_demos takes the loaded one
     except PersonifyError as e:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import check
+from ..config import ModelSource, check
 from ..artifact import atomic_save_safetensors, atomic_write
 from ..errors import PersonifyError
 from ..sampling import encode_prompts
@@ -199,8 +199,7 @@ def load_checkpoint(path: Path, app: Apprentice, opt, generator: torch.Generator
 
 
 @dataclass
-class ApprenticeTrainConfig:
-    model: str = field(default="mini", metadata={"help": "base model: 'mini', 'tiny', a diffusers folder or .safetensors"})
+class ApprenticeTrainConfig(ModelSource):
     out: str = field(default="runs/apprentice", metadata={"help": "output folder (checkpoint.pt, apprentice.safetensors, log.jsonl)"})
     world_cache: str | None = field(default=None, metadata={"help": "emoji world cache folder (default $PERSONIFY_WORLD or ~/.cache/personify/world)"})
     steps: int = field(default=2000, metadata={"help": "optimizer steps"})
@@ -244,12 +243,11 @@ def expert_triples(cfg: ApprenticeTrainConfig, out: Path, resumed: bool):
 
 def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
     """Train and write `<out>/apprentice.safetensors`; returns its path. `clusters` overrides the world data."""
-    from ..models import load_pipeline
     from .data import SpriteClusters
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(cfg.model)
+    pipe = cfg.load_pipeline()
     pipe.to(cfg.device)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)

@@ -59,9 +59,11 @@ def load_pipeline(
     *,
     config: str | os.PathLike | None = None,
     allow_pickle: bool = False,
+    vae: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> StableDiffusionPipeline:
-    """Load a StableDiffusionPipeline from a local source (see module doc). Sets `pipe.personify_base_hash`."""
+    """Load a StableDiffusionPipeline from a local source (see module doc). Sets `pipe.personify_base_hash`.
+    ``vae``: an AutoencoderKL folder that replaces the model's VAE (e.g. a fine-tuned decoder)."""
     source = resolve_model(path)
     name = "mini" if source == str(mini_model_path()) else source  # recorded in artifacts: portable
     if source == "tiny" or source.startswith("tiny:"):
@@ -77,12 +79,31 @@ def load_pipeline(
             pipe = _load_file(p, config, allow_pickle, dtype)
         else:
             raise PersonifyError(f"{p}: model not found; pass a diffusers folder, a .safetensors file, 'mini' or 'tiny'")
+    if vae:
+        _swap_vae(pipe, Path(vae).expanduser(), dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe.personify_base_hash = model_hash(pipe)
     pipe.personify_legacy_hash = model_hash(pipe, decoder=True)
     pipe.personify_source = name
     pipe.personify_concepts = []
     return pipe
+
+
+def _swap_vae(pipe: StableDiffusionPipeline, p: Path, dtype: torch.dtype) -> None:
+    """Replace ``pipe.vae`` by the AutoencoderKL saved in folder ``p``; it must fit the UNet's latents."""
+    from diffusers import AutoencoderKL
+
+    if not (p / "config.json").is_file():
+        raise PersonifyError(f"{p}: not a VAE folder (no config.json); pass a folder saved with AutoencoderKL.save_pretrained (e.g. <model>/vae)")
+    try:
+        vae = AutoencoderKL.from_pretrained(p, local_files_only=True, torch_dtype=dtype)
+    except Exception as e:
+        raise PersonifyError(f"{p}: cannot load the VAE ({_first_line(e)}); pass a complete AutoencoderKL folder") from None
+    ours, theirs = pipe.vae.config, vae.config
+    if theirs.latent_channels != ours.latent_channels or len(theirs.block_out_channels) != len(ours.block_out_channels):
+        raise PersonifyError(f"{p}: VAE latents ({theirs.latent_channels} channels, factor {2 ** (len(theirs.block_out_channels) - 1)}) "
+                             f"do not fit this model's ({ours.latent_channels}, {pipe.vae_scale_factor}); use a VAE made for it")
+    pipe.register_modules(vae=vae)
 
 
 def _check_folder(p: Path, allow_pickle: bool) -> None:

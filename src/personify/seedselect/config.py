@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..config import check
+from ..config import ModelSource, check
 from ..sampling import SAMPLERS
 from .core import LAST_STEP_WEIGHTS, SEMANTIC_WEIGHT, Settings
 
@@ -16,13 +16,11 @@ def default_clip_path() -> Path:
 
 
 @dataclass
-class SeedSelectConfig:
+class SeedSelectConfig(ModelSource):
     images: str = field(default="", metadata={"help": "folder with the 3-5 reference photos of the class/subject (any size or mode)"})
     prompt: str = field(default="", metadata={"help": "text prompt, e.g. 'a photo of a [class]'"})
     n: int = field(default=4, metadata={"help": "number of images (seeds) to produce"})
     out: str = field(default="out/seedselect", metadata={"help": "output folder: PNGs, contact_sheet.png, latents.safetensors, seedselect.json"})
-    model: str = field(default="mini", metadata={"help": "model: 'mini' (embedded), 'tiny' (random), a diffusers folder or a .safetensors file"})
-    model_config: str | None = field(default=None, metadata={"help": "diffusers config folder for a single-file checkpoint"})
     clip: str | None = field(default=None, metadata={"help": "CLIP used for the semantic loss: a CLIPModel folder (save_pretrained); default: the mini evaluator in personify/assets/evaluators/clip; 'tiny' = random (tests only)"})
     iterations: int = field(default=30, metadata={"help": "AdamW iterations on the full reference set (reference code: 30)"})
     bootstrap_iterations: int = field(default=5, metadata={"help": "AdamW iterations per bootstrap image, starting from the optimized seed"})

@@ -74,7 +74,6 @@ def main(cfg: SeedSelectConfig, pipe=None, clip=None, quiet: bool = False) -> Se
     """Run SeedSelect as configured and write the outputs (see module doc). `pipe` / `clip` may be
     passed in (tests, notebooks); otherwise they are loaded from `cfg.model` / `cfg.clip`."""
     from ..generate import _slug, contact_sheet
-    from ..models import load_pipeline
 
     def log(msg: str) -> None:
         if not quiet:
@@ -82,7 +81,7 @@ def main(cfg: SeedSelectConfig, pipe=None, clip=None, quiet: bool = False) -> Se
 
     t0 = time.perf_counter()
     if pipe is None:
-        pipe = load_pipeline(cfg.model, config=cfg.model_config)
+        pipe = cfg.load_pipeline()
     if clip is None:
         clip = resolve_clip(cfg.clip)
     refs = encode_references(pipe, clip, cfg.images)

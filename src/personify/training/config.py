@@ -4,15 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import check
+from ..config import ModelSource, check
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelSource):
     images: str | None = field(default=None, metadata={"help": "folder with 3-5 photos of the subject (captions from NAME.txt sidecars, optional)"})
-    model: str = field(default="mini", metadata={"help": "base model: 'mini', 'tiny', a diffusers folder or a .safetensors file"})
-    model_config: str | None = field(default=None, metadata={"help": "diffusers config folder for a single-file checkpoint"})
-    allow_pickle: bool = field(default=False, metadata={"help": "allow .ckpt/.pt/.bin models (loaded with weights_only=True)"})
     out: str = field(default="runs/concept", metadata={"help": "run folder: checkpoints, samples, logs, concept.safetensors"})
     batch_size: int = field(default=1, metadata={"help": "instance images per process per micro-batch"})
     gradient_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})

@@ -121,9 +121,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # method set-up (e.g. LoRA init) is reproducible too
 
         if self.pipe is None:
-            from ..models import load_pipeline
-
-            self.pipe = load_pipeline(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
+            self.pipe = cfg.load_pipeline()
         pipe = self.pipe
         pipe.to(acc.device)
         res = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor

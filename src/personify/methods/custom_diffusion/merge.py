@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ...config import check
+from ...config import ModelSource, check
 from ...errors import PersonifyError
 from ...models.loading import same_base
 
@@ -320,14 +320,11 @@ def regularization_captions(source: str | None, n: int = 1000, seed: int = 0) ->
 
 # --- CLI ------------------------------------------------------------------------------------------
 @dataclass
-class MergeConfig:
+class MergeConfig(ModelSource):
     """`personify merge`: combine separately trained Custom Diffusion concepts into one (paper Eq. 4)."""
 
     concept: list[str] = field(default_factory=list, metadata={"help": "two or more Custom Diffusion concept files (same base model, distinct modifier tokens)"})
     out: str = field(default="merged.safetensors", metadata={"help": "path of the merged concept"})
-    model: str = field(default="mini", metadata={"help": "the base model the concepts were trained on"})
-    model_config: str | None = field(default=None, metadata={"help": "diffusers config folder for a single-file checkpoint"})
-    allow_pickle: bool = field(default=False, metadata={"help": "allow .ckpt/.pt/.bin models (loaded with weights_only=True)"})
     reg_captions: str | None = field(default=None, metadata={"help": "text file of regularization captions, one per line (default: the emoji world's captions, else a built-in list)"})
     num_reg_captions: int = field(default=1000, metadata={"help": "regularization captions used (paper: 1,000)"})
     ridge: float = field(default=1e-6, metadata={"help": "ridge added to C_regᵀC_reg, relative to its mean eigenvalue"})
@@ -344,9 +341,7 @@ class MergeConfig:
 
 
 def main(cfg: MergeConfig) -> int:
-    from ...models import load_pipeline
-
-    pipe = load_pipeline(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
+    pipe = cfg.load_pipeline()
     caps, source = regularization_captions(cfg.reg_captions, cfg.num_reg_captions, cfg.seed)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.save_precision]
     path = merge_concepts(pipe, cfg.concept, caps, cfg.out, ridge=cfg.ridge, padding=cfg.padding, dtype=dtype)
