@@ -115,3 +115,4 @@ def test_v_prediction_target_is_velocity():
     x, n, t = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.tensor([10, 900])
     a = s.alphas_cumprod[t].view(-1, 1, 1, 1)
     torch.testing.assert_close(diffusion_target(s, x, n, t), a.sqrt() * n - (1 - a).sqrt() * x)
+

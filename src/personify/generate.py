@@ -40,7 +40,8 @@ def generate_latents(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Clean latents (N, 4, h, w), one per (prompt, seed), before the VAE decodes them (so several
-    decoders can be compared on the very same samples). Gradients flow unless the caller disables them."""
+    decoders can be compared on the very same samples). Gradients flow unless the caller disables
+    them, and then every batch's sampling graph is kept: call it under ``torch.no_grad()`` otherwise."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or size, width or size
     dev = pipe.unet.device
@@ -83,9 +84,15 @@ def generate_images(
     negative_prompt: str = "",
     batch_size: int = 16,
 ) -> list[Image.Image]:
-    """Generate one image per (prompt, seed) (see :func:`generate_latents`)."""
-    z0 = generate_latents(pipe, prompts, seeds, steps, guidance, sampler, height, width, latents, negative_prompt, batch_size)
-    return latents_to_images(pipe.vae, z0, batch_size)
+    """Generate one image per (prompt, seed) (see :func:`generate_latents`). Batch by batch, so that a
+    caller who left gradients on holds one batch's sampling graph at a time, not all of them."""
+    out: list[Image.Image] = []
+    for s in range(0, len(prompts), batch_size):
+        x = None if latents is None else latents[s : s + batch_size]
+        z0 = generate_latents(pipe, prompts[s : s + batch_size], seeds[s : s + batch_size], steps, guidance, sampler,
+                              height, width, x, negative_prompt, batch_size)
+        out.extend(latents_to_images(pipe.vae, z0, batch_size))
+    return out
 
 
 def contact_sheet(images: list[Image.Image], cols: int | None = None, pad: int = 2) -> Image.Image:
