@@ -43,6 +43,8 @@ def test_generate_with_a_swapped_in_vae(tmp_path):
     assert not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     ha, hb = (json.loads(p.with_suffix(".json").read_text())["model_hash"] for p in (a, b))
     assert ha == hb
+    fa, fb = (json.loads(p.with_suffix(".json").read_text())["full_model_hash"] for p in (a, b))
+    assert fa != fb  # the sidecar still says which decoder drew it
     assert main([*args, "--vae", str(tmp_path), "--out", str(tmp_path / "c")]) == 2  # no config.json there
 
 

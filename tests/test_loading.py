@@ -42,7 +42,7 @@ def test_hash_tells_models_apart_and_ignores_fp16(tiny_pipe):
 
     assert model_hash(tiny_pipe, decoder=True) != tiny_pipe.personify_base_hash
     assert same_base(tiny_pipe, model_hash(tiny_pipe, decoder=True)) and same_base(tiny_pipe, tiny_pipe.personify_base_hash)
-    assert not same_base(tiny_pipe, other.personify_base_hash) and not same_base(tiny_pipe, other.personify_legacy_hash)
+    assert not same_base(tiny_pipe, other.personify_base_hash) and not same_base(tiny_pipe, other.personify_full_hash)
 
 
 def test_vae_that_does_not_fit_the_latents_is_refused(tiny_pipe, tmp_path):

@@ -172,7 +172,7 @@ def run_generate(cfg: GenerateConfig) -> list[Path]:
         p = out / f"{_slug(cfg.prompt)}-{s:06d}.png"
         img.save(p)
         side = {
-            "prompt": cfg.prompt, "seed": s, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash,
+            "prompt": cfg.prompt, "seed": s, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash, "full_model_hash": getattr(pipe, "personify_full_hash", None),
             "concepts": concepts, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
             "latents": f"{cfg.latents}[{i}]" if latents is not None else None,
         }

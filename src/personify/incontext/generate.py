@@ -248,7 +248,7 @@ def main(cfg: DemosConfig) -> list[Path]:
     for i, img in enumerate(images):
         p = out / f"demos-{cfg.seed + i:06d}.png"
         img.save(p)
-        side = {"prompt": prompt, "seed": cfg.seed + i, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash,
+        side = {"prompt": prompt, "seed": cfg.seed + i, "model": pipe.personify_source, "model_hash": pipe.personify_base_hash, "full_model_hash": getattr(pipe, "personify_full_hash", None),
                 "apprentice": str(apprentice), "demos": [str(it.path) for it in subj.items], "demo_captions": captions,
                 "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "demo_cfg": cfg.demo_cfg,
                 **({"demo_guidance": cfg.demo_guidance} if cfg.demo_cfg == "dual" else {})}

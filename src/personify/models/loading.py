@@ -83,7 +83,7 @@ def load_pipeline(
         _swap_vae(pipe, Path(vae).expanduser(), dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe.personify_base_hash = model_hash(pipe)
-    pipe.personify_legacy_hash = model_hash(pipe, decoder=True)
+    pipe.personify_full_hash = model_hash(pipe, decoder=True)  # tells decoders apart (image sidecars)
     pipe.personify_source = name
     pipe.personify_concepts = []
     return pipe
@@ -259,7 +259,7 @@ def same_base(pipe, recorded: str | None) -> bool:
     ours = getattr(pipe, "personify_base_hash", None)
     if not recorded or not ours or recorded == ours:
         return True
-    return recorded == getattr(pipe, "personify_legacy_hash", None)
+    return recorded == getattr(pipe, "personify_full_hash", None)
 
 
 def _first_line(e: BaseException) -> str:
