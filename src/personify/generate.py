@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
     return torch.randn((1, pipe.unet.config.in_channels, height // f, width // f), generator=g)
 
 
-def generate_latents(
+def iter_latents(
     pipe,
     prompts: list[str],
     seeds: list[int],
@@ -38,16 +39,15 @@ def generate_latents(
     latents: torch.Tensor | None = None,
     negative_prompt: str = "",
     batch_size: int = 16,
-) -> torch.Tensor:
-    """Clean latents (N, 4, h, w), one per (prompt, seed), before the VAE decodes them (so several
-    decoders can be compared on the very same samples). Gradients flow unless the caller disables
-    them, and then every batch's sampling graph is kept: call it under ``torch.no_grad()`` otherwise."""
+) -> Iterator[torch.Tensor]:
+    """Clean latents (B, 4, h, w) batch by batch, one per (prompt, seed), before the VAE decodes
+    them. Gradients flow unless the caller disables them (SeedSelect needs them); a consumer that
+    drops each batch before the next holds one batch's sampling graph at a time."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or size, width or size
     dev = pipe.unet.device
     dtype = pipe.unet.dtype
     sched = make_scheduler(sampler, pipe.scheduler)
-    out: list[torch.Tensor] = []
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [negative_prompt])  # (1, L, D)
     for start in range(0, len(prompts), batch_size):
         ps, ss = prompts[start : start + batch_size], seeds[start : start + batch_size]
@@ -57,8 +57,13 @@ def generate_latents(
             x = torch.cat([initial_noise(pipe, s, height, width) for s in ss]).to(dev, dtype)
         cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, ps)  # (B, L, D)
         model = cfg_denoiser(unet_denoiser(pipe.unet), uncond.to(dtype), guidance)
-        out.append(sample(model, x, cond.to(dtype), sched, steps))  # (B, 4, h, w)
-    return torch.cat(out)
+        yield sample(model, x, cond.to(dtype), sched, steps)  # (B, 4, h, w)
+
+
+def generate_latents(pipe, prompts: list[str], seeds: list[int], *args, **kw) -> torch.Tensor:
+    """All clean latents (N, 4, h, w) at once (arguments as :func:`iter_latents`), so several decoders
+    can be compared on the very same samples. Keeps every batch's graph unless gradients are off."""
+    return torch.cat(list(iter_latents(pipe, prompts, seeds, *args, **kw)))
 
 
 def latents_to_images(vae, z0: torch.Tensor, batch_size: int = 16) -> list[Image.Image]:
@@ -71,27 +76,12 @@ def latents_to_images(vae, z0: torch.Tensor, batch_size: int = 16) -> list[Image
     return out
 
 
-def generate_images(
-    pipe,
-    prompts: list[str],
-    seeds: list[int],
-    steps: int = 25,
-    guidance: float = 7.5,
-    sampler: str = "ddim",
-    height: int | None = None,
-    width: int | None = None,
-    latents: torch.Tensor | None = None,
-    negative_prompt: str = "",
-    batch_size: int = 16,
-) -> list[Image.Image]:
-    """Generate one image per (prompt, seed) (see :func:`generate_latents`). Batch by batch, so that a
-    caller who left gradients on holds one batch's sampling graph at a time, not all of them."""
+def generate_images(pipe, prompts: list[str], seeds: list[int], *args, **kw) -> list[Image.Image]:
+    """Generate one image per (prompt, seed); arguments as :func:`iter_latents`. Decodes batch by
+    batch, so a caller who left gradients on holds one batch's sampling graph at a time."""
     out: list[Image.Image] = []
-    for s in range(0, len(prompts), batch_size):
-        x = None if latents is None else latents[s : s + batch_size]
-        z0 = generate_latents(pipe, prompts[s : s + batch_size], seeds[s : s + batch_size], steps, guidance, sampler,
-                              height, width, x, negative_prompt, batch_size)
-        out.extend(latents_to_images(pipe.vae, z0, batch_size))
+    for z0 in iter_latents(pipe, prompts, seeds, *args, **kw):
+        out.extend(latents_to_images(pipe.vae, z0, len(z0)))
     return out
 
 
