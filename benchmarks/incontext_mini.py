@@ -225,7 +225,8 @@ def main() -> int:
     pipe = load_pipeline(args.model)
     out = Path(args.eval_out)
     (out / "subjects").mkdir(parents=True, exist_ok=True)
-    key = {"weights": sha(weights, 16), "model": base.personify_base_hash, "evaluators": ev_files, "n_per_prompt": args.n_per_prompt,
+    # full hash: the scores are on decoded pixels, so a swapped-in decoder must not reuse them
+    key = {"weights": sha(weights, 16), "model": base.personify_full_hash, "evaluators": ev_files, "n_per_prompt": args.n_per_prompt,
            "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "n_demos": args.n_demos}
 
     from personify.incontext.generate import load_apprentice

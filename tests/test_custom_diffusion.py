@@ -163,6 +163,9 @@ def test_merge_errors(trained, tmp_path):
         merge_concepts(pipe, [a, other], caps, tmp_path / "m.safetensors")
     with pytest.raises(PersonifyError, match="base model"):
         merge_concepts(load_pipeline("tiny:1"), [a, b], caps, tmp_path / "m.safetensors")
+    # the same base under its older (decoder-inclusive) fingerprint merges with one under the current one
+    older = save_concept(tmp_path / "older.safetensors", tensors, {**meta, "base_model_hash": pipe.personify_full_hash})
+    assert merge_concepts(pipe, [a, older], caps, tmp_path / "ok.safetensors").is_file()
     wrong = save_concept(tmp_path / "lora.safetensors", tensors, {**meta, "method": "lora"})
     with pytest.raises(PersonifyError, match="only Custom Diffusion"):
         merge_concepts(pipe, [a, wrong], caps, tmp_path / "m.safetensors")

@@ -147,16 +147,18 @@ def _read(paths, pipe):
     base = getattr(pipe, "personify_base_hash", None)
     first = concepts[0][1]
     for _, meta in concepts:
-        if meta["base_model_hash"] != first["base_model_hash"]:
+        # same_base also accepts the older fingerprints the loaded model answers to; with no model hash
+        # to compare against, the concepts must at least agree with each other
+        if base is None and meta["base_model_hash"] != first["base_model_hash"]:
             raise PersonifyError(
                 f"{meta['path']}: trained on base model {meta['base_model_hash']} ({meta.get('base_model')}), but {first['path']} on "
                 f"{first['base_model_hash']} ({first.get('base_model')}); only concepts of the same base model can be merged"
             )
-    if not same_base(pipe, first["base_model_hash"]):
-        raise PersonifyError(
-            f"{first['path']}: trained on base model {first['base_model_hash']} ({first.get('base_model')}), but the loaded model is {base}; "
-            f"pass --model {first.get('base_model')}"
-        )
+        if not same_base(pipe, meta["base_model_hash"]):
+            raise PersonifyError(
+                f"{meta['path']}: trained on base model {meta['base_model_hash']} ({meta.get('base_model')}), but the loaded model is {base}; "
+                f"pass --model {meta.get('base_model')} (only concepts of the loaded base model can be merged)"
+            )
     owner: dict[str, str] = {}
     for _, meta in concepts:
         for t in meta.get("tokens") or []:
