@@ -52,7 +52,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def small_cfg(cache: Path, **kw) -> WorldConfig:
-    return WorldConfig(cache_dir=cache, gen_train=40, eval_train=20, test=12, workers=1, **kw)
+    return WorldConfig(cache_dir=cache, **{"gen_train": 40, "eval_train": 20, "test": 12, "eval_seen": 16, "workers": 1, **kw})
 
 
 def test_render_chunk_shapes_and_captions():
@@ -83,7 +83,7 @@ def test_build_load_and_corrupt_cache_is_rebuilt(cache):
     meta = json.loads((scenes / "meta.json").read_text())
     assert meta["classes"] == rank_classes(set(WORDS)) and len(meta["class_weights"]) == len(WORDS)
     data = {s: load_split(s, cache) for s in SPLITS}
-    assert [len(data[s]["class_id"]) for s in SPLITS] == [40, 20, 12]
+    assert [len(data[s]["class_id"]) for s in SPLITS] == [40, 20, 12, 16]
     assert meta["eval_disjoint_classes"] == len(WORDS)  # each class: eval sprite != gen sprite
     assert not set(meta["sprite_emoji"]["eval_train"]) & set(meta["sprite_emoji"]["gen_train"])
 
@@ -101,6 +101,28 @@ def test_build_load_and_corrupt_cache_is_rebuilt(cache):
     path.write_bytes(path.read_bytes()[:1000])  # truncated
     with pytest.raises(WorldError, match="sha256"):
         load_split("gen_train", cache)
+
+
+def test_a_cache_from_before_eval_seen_keeps_its_splits(cache):
+    """Caches built before the eval_seen split existed gain it without re-rendering the others, and
+    eval_seen draws the generator's sprites (like test), not the evaluator's disjoint ones."""
+    scenes = build(small_cfg(cache), log=lambda s: None)
+    man = json.loads((scenes / "manifest.json").read_text())
+    del man["recipe"]["eval_seen"], man["files"]["eval_seen.npz"]
+    (scenes / "manifest.json").write_text(json.dumps(man))
+    (scenes / "eval_seen.npz").unlink()
+    before = {s: (scenes / f"{s}.npz").stat().st_mtime_ns for s in ("gen_train", "eval_train", "test")}
+    logs: list[str] = []
+    build(small_cfg(cache), log=logs.append)
+    assert before == {s: (scenes / f"{s}.npz").stat().st_mtime_ns for s in before}
+    assert any("eval_seen: 16 scenes" in line for line in logs) and not any("gen_train:" in line for line in logs)
+    meta = json.loads((scenes / "meta.json").read_text())
+    assert meta["sprites_per_split"]["eval_seen"] == meta["sprites_per_split"]["gen_train"]
+    seen, gen = load_split("eval_seen", cache), load_split("gen_train", cache)
+    assert not np.array_equal(seen["images"][:12], gen["images"][:12])  # its own seed stream
+    # a changed recipe value (not just a new split) still re-renders everything
+    build(small_cfg(cache, test=13), log=logs.append)
+    assert len(load_split("test", cache)["class_id"]) == 13
 
 
 def test_valid_cache_is_not_rerendered(cache):
@@ -132,7 +154,7 @@ def test_no_network_gives_world_error(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch.shutil, "which", lambda name: "/usr/bin/npm")
     monkeypatch.setattr(fetch.subprocess, "run", offline)
     with pytest.raises(WorldError) as e:
-        build(WorldConfig(cache_dir=tmp_path, gen_train=10, eval_train=10, test=10), log=lambda s: None)
+        build(WorldConfig(cache_dir=tmp_path, gen_train=10, eval_train=10, test=10, eval_seen=10), log=lambda s: None)
     msg = str(e.value)
     assert "npm pack" in msg and "network" in msg and "\n" not in msg
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_RUN_ROOT = "/work/runs/mini"
-SPLITS = ("gen_train", "eval_train", "test")
+SPLITS = ("gen_train", "eval_train", "test", "eval_seen")
 
 
 def default_world_dir() -> Path:
@@ -199,7 +199,8 @@ class UnetConfig(StageConfig):
 
 @dataclass
 class EvaluatorsConfig(StageConfig):
-    """Evaluators trained separately from the generator (other seed, split eval_train):
+    """Evaluators trained separately from the generator (other seed; split eval_train = other emoji
+    images than the generator's, or eval_seen = the generator's emoji images in other scenes):
     a CLIP (CLIP-I / CLIP-T), a DINO ViT (self-distillation) and a class classifier.
     ``max_steps`` is unused; each evaluator has its own step count; ``time_budget_s`` applies to each."""
 

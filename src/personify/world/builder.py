@@ -1,4 +1,4 @@
-"""`build(cfg)`: fetch -> sprites -> class table -> render 3 splits -> npz + meta.json + manifest.
+"""`build(cfg)`: fetch -> sprites -> class table -> render 4 splits -> npz + meta.json + manifest.
 
 Cache layout (the contract with the mini-model trainer):
     <cache>/npm/*.tgz              pinned npm tarballs (one-time download)
@@ -85,7 +85,9 @@ def split_pools(sprite_class: np.ndarray, bank, n_classes: int, seed: int) -> di
         k = 0 if len(idx) < 2 else max(1, round(len(idx) * EVAL_SHARE))
         ev.append(idx[:k] if k else idx)
         gen.append(idx[k:])
-    return {"gen_train": gen, "eval_train": ev, "test": gen}
+    # test and eval_seen draw the generator's sprites in scenes of their own seed streams: eval_seen
+    # trains an evaluator that knows what the generator was shown (a CAS-style classifier)
+    return {"gen_train": gen, "eval_train": ev, "test": gen, "eval_seen": gen}
 
 
 def _work(args):
@@ -126,7 +128,14 @@ def build(cfg: WorldConfig, log: Callable[[str], None] = print) -> Path:
     except (OSError, json.JSONDecodeError):
         manifest = {}
     if manifest.get("recipe") != recipe or cfg.force:
-        manifest = {"recipe": recipe, "files": {}, "timings_s": {}}
+        old = manifest.get("recipe") or {}
+        # a recipe that only gained a split (eval_seen, added after format 2 caches existed) keeps the
+        # files it has: the old splits' seed streams do not depend on the new one
+        gained_only = bool(old) and all(recipe.get(k) == v for k, v in old.items()) and set(old) < set(recipe)
+        if gained_only and not cfg.force:
+            manifest["recipe"] = recipe
+        else:
+            manifest = {"recipe": recipe, "files": {}, "timings_s": {}}
     todo = [s for s in SPLITS if check_file(scenes, f"{s}.npz", manifest) is not None]
     meta_bad = check_file(scenes, "meta.json", manifest) is not None
     for s in todo:

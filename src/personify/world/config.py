@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import PersonifyError
 
-SPLITS = ("gen_train", "eval_train", "test")
+SPLITS = ("gen_train", "eval_train", "test", "eval_seen")
 ENV_CACHE = "PERSONIFY_WORLD"
 
 
@@ -33,6 +33,8 @@ class WorldConfig:
     gen_train: int = field(default=200_000, metadata={"help": "scenes in gen_train (generator pretraining)"})
     eval_train: int = field(default=40_000, metadata={"help": "scenes in eval_train (evaluator training, disjoint emoji images)"})
     test: int = field(default=10_000, metadata={"help": "scenes in test (held-out scenes for quality measurement)"})
+    eval_seen: int = field(default=40_000, metadata={
+        "help": "scenes in eval_seen (evaluator training on the generator's emoji images, in scenes of its own seed stream)"})
     seed: int = field(default=0, metadata={"help": "base random seed; each split derives its own stream"})
     image_size: int = field(default=64, metadata={"help": "scene side in pixels (only 64 is supported)"})
     zipf_exponent: float = field(default=1.0, metadata={"help": "long-tail strength s of class weights (rank+5)^-s; 0 = uniform"})
