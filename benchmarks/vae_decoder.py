@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--n-real", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", default=None, help="write one PNG per decoder (first image of each class) here")
+    ap.add_argument("--classifier", action="append", default=[], metavar="NAME=FOLDER",
+                    help="extra MiniClassifier folders to score with (columns NAME gen / NAME ceiling); the evaluator's own always runs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -64,6 +66,12 @@ def main() -> None:
     root = default_evaluator_path("clip").parent
     ev = Evaluator(load_clip(root / "clip"), load_dino(root / "dino"))
     clf = load_classifier(root / "classifier")
+    extra = {}
+    for spec in args.classifier:
+        cname, _, cpath = spec.partition("=")
+        if not cpath or not (Path(cpath) / "config.json").exists():
+            raise SystemExit(f"--classifier {spec}: expected NAME=FOLDER with a MiniClassifier config.json")
+        extra[cname] = load_classifier(Path(cpath))
     meta = load_meta()
     classes, head = meta["classes"], meta["head"][:50]
     prompts = [f"a photo of a {c}" for c in head for _ in range(args.per_class)]
@@ -91,11 +99,14 @@ def main() -> None:
             "vae_ceiling_top1": float((classify(clf, rec) == real_y).float().mean()),
             "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
             "frechet": frechet(features(ev, gen), real_feat),
+            **{f"{c}_gen_top1": float((classify(m, gen) == target).float().mean()) for c, m in extra.items()},
+            **{f"{c}_vae_ceiling_top1": float((classify(m, rec) == real_y).float().mean()) for c, m in extra.items()},
         }
         if args.grid:
             Path(args.grid).mkdir(parents=True, exist_ok=True)
             contact_sheet(imgs[:: args.per_class], cols=10).save(Path(args.grid) / f"vae_decoder_{name}.png")
-    rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean())}
+    rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean()),
+                     **{f"{c}_vae_ceiling_top1": float((classify(m, real) == real_y).float().mean()) for c, m in extra.items()}}
 
     ref = next(iter(decoders))
     print(f"{'decoder':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}   ratios vs {ref}")
@@ -104,6 +115,9 @@ def main() -> None:
         print(f"{name:<14}{r['gen_top1']:>10.1%}{r['vae_ceiling_top1']:>13.1%}{r['psnr_db']:>9.2f}{r['frechet']:>9.4f}"
               f"   top-1 x{r['gen_top1'] / max(b['gen_top1'], 1e-9):.2f}, Fréchet x{r['frechet'] / b['frechet']:.2f}")
     print(f"{'real renders':<14}{'':>10}{rows['_real']['vae_ceiling_top1']:>13.1%}")
+    for c in extra:  # the same decoded images, judged by another classifier
+        print(f"classifier {c}: " + "; ".join(f"{n} gen {rows[n][c + '_gen_top1']:.1%}, VAE ceiling {rows[n][c + '_vae_ceiling_top1']:.1%}"
+                                              for n in decoders) + f"; real renders {rows['_real'][c + '_vae_ceiling_top1']:.1%}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
