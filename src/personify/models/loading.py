@@ -92,9 +92,10 @@ def load_pipeline(
 
 def _hash_aliases(folder: Path, base_hash: str) -> set[str]:
     """Older fingerprints that a model folder declares for itself (``fingerprint_aliases`` in its
-    personify_mini.json: {old: current base hash}). The shipped mini model needs this: v1's
-    artifacts recorded the decoder-inclusive hash of the decoder it had then, which no longer exists
-    once the decoder was replaced. An alias counts only while the weights still hash to its target."""
+    personify_mini.json: {old: current base hash}). For a folder whose decoder is replaced in place
+    (e.g. re-shipping the mini model with a fine-tuned decoder): artifacts made before the session-4
+    fingerprint recorded the decoder-inclusive hash, which the new decoder no longer reproduces.
+    An alias counts only while the weights still hash to its target."""
     meta = folder / "personify_mini.json"
     if not meta.is_file():
         return set()
