@@ -84,26 +84,9 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     pipe.personify_base_hash = model_hash(pipe)
     pipe.personify_full_hash = model_hash(pipe, decoder=True)  # tells decoders apart (image sidecars)
-    pipe.personify_hash_aliases = _hash_aliases(Path(source), pipe.personify_base_hash)
     pipe.personify_source = name
     pipe.personify_concepts = []
     return pipe
-
-
-def _hash_aliases(folder: Path, base_hash: str) -> set[str]:
-    """Older fingerprints that a model folder declares for itself (``fingerprint_aliases`` in its
-    personify_mini.json: {old: current base hash}). For a folder whose decoder is replaced in place
-    (e.g. re-shipping the mini model with a fine-tuned decoder): artifacts made before the session-4
-    fingerprint recorded the decoder-inclusive hash, which the new decoder no longer reproduces.
-    An alias counts only while the weights still hash to its target."""
-    meta = folder / "personify_mini.json"
-    if not meta.is_file():
-        return set()
-    try:
-        table = json.loads(meta.read_text()).get("fingerprint_aliases", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError):
-        return set()
-    return {old for old, new in table.items() if new == base_hash} if isinstance(table, dict) else set()
 
 
 def _swap_vae(pipe: StableDiffusionPipeline, p: Path, dtype: torch.dtype) -> None:
@@ -272,12 +255,11 @@ def model_hash(pipe: StableDiffusionPipeline, decoder: bool = False) -> str:
 
 def same_base(pipe, recorded: str | None) -> bool:
     """Whether a base-model hash recorded in an artifact/checkpoint names the loaded model (also
-    under the older fingerprint that included the decoder, or under an alias the model folder
-    declares, see `_hash_aliases`). Unknown on either side = no objection."""
+    under the older fingerprint that included the decoder). Unknown on either side = no objection."""
     ours = getattr(pipe, "personify_base_hash", None)
     if not recorded or not ours or recorded == ours:
         return True
-    return recorded == getattr(pipe, "personify_full_hash", None) or recorded in getattr(pipe, "personify_hash_aliases", ())
+    return recorded == getattr(pipe, "personify_full_hash", None)
 
 
 def _first_line(e: BaseException) -> str:
