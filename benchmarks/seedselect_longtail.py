@@ -78,16 +78,12 @@ def main() -> int:
         fewshot = run_fewshot(feats, refs, test, {"seedselect": load("seedselect"), "baseline": load("baseline")}, ks)
     (out / "fewshot.json").write_text(json.dumps(fewshot, indent=1))
 
-    def real_top1(by_class):  # the classifier's ceiling: real renders of the same classes
-        import numpy as np
+    from personify.evaluation.mini_quality import _u8
 
-        ok = n = 0
-        for c, ims in by_class.items():
-            if ims:
-                x = torch.from_numpy(np.stack([np.asarray(im) for im in ims])).permute(0, 3, 1, 2).float() / 255
-                ok += int((classify(x).argmax(-1) == names.index(c)).sum())
-                n += len(ims)
-        return ok / max(n, 1), n
+    def real_top1(by_class):  # the classifier's ceiling: real renders of the same classes
+        hits = [(int((classify(_u8(ims)).argmax(-1) == names.index(c)).sum()), len(ims)) for c, ims in by_class.items() if ims]
+        n = sum(k for _, k in hits)
+        return sum(h for h, _ in hits) / max(n, 1), n
 
     ceil_gen, n_gen = real_top1(test_extra)  # the generator's emoji images, new scenes
     ceil_ref, n_ref = real_top1(refs)  # the references' (unseen) emoji images
