@@ -153,10 +153,13 @@ class Study:
         ids = [first, rare_identifier(self.base.tokenizer, exclude=(first,))]  # what DreamBooth picks itself for two subjects
         # Regularization: the same retrieved real images (captioned per class) as Custom Diffusion's joint run,
         # so (a)/(b)/(c) differ only in what trains.
+        from personify.methods.custom_diffusion.config import CustomDiffusionConfig
+
         lr = {"learning_rate": self.args.db_lr} if self.args.db_lr else {}
+        lam = CustomDiffusionConfig.__dataclass_fields__["prior_weight"].default  # DreamBooth's own default is lower (0.3)
         return self.train(f"db_joint/{a}+{b}-s{self.args.db_steps}" + (f"-lr{self.args.db_lr:g}" if lr else ""), "dreambooth",
                           self.joint_folder(a, b, ids, "db"), class_word=[self.bench.subjects[s].class_word for s in (a, b)], identifier=ids,
-                          steps=self.args.db_steps, class_images=prior_folder, **lr)
+                          steps=self.args.db_steps, class_images=prior_folder, prior_weight=lam, **lr)
 
     def merge(self, a: str, b: str, arts: list[Path]) -> tuple[Path, dict]:
         from personify.artifact import read_concept

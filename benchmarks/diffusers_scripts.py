@@ -51,7 +51,7 @@ SCRIPTS = {
     "lora": "examples/dreambooth/train_dreambooth_lora.py",
     "textual_inversion": "examples/textual_inversion/textual_inversion.py",
 }
-LR = {"dreambooth": 2e-5, "lora": 1e-4, "textual_inversion": 5e-3}  # personify's defaults, used on both sides
+LR = {"dreambooth": 1e-4, "lora": 1e-3, "textual_inversion": 5e-3}  # personify's defaults, used on both sides
 TARGET_SPEED, TARGET_MEMORY = 2.0, 0.7
 
 # argv: BOOT STATS_FILE (SCRIPT.py | -m MODULE) ARGS...

@@ -60,7 +60,9 @@ def load_benchmark(cfg: EvalConfig) -> Benchmark:
     return load_mini()
 
 
-def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> Path:
+def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None, base_t: dict[str, float] | None = None) -> Path:
+    """Train (with --method) and score; `base_t` caches the base model's CLIP-T per subject across calls
+    with the same model, prompts and sampling settings (sweeps)."""
     import personify
     from ..artifact import read_concept
 
@@ -86,7 +88,8 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> Path:
                 art = personify.train(method, images=str(sub.images[0].parent), class_word=sub.class_word, **cfg.model_options(),
                                       out=str(run_dir), seed=cfg.seed, progress=False, resume=bool(list_checkpoints(run_dir)), **extra)
                 jobs.append((str(art), s, method))
-    results, base_t = [], {}
+    results = []
+    base_t = {} if base_t is None else base_t
     base = cfg.load_pipeline()
     for path, s, label in jobs:
         sub = bench.subjects[s]

@@ -9,13 +9,14 @@ from ..dreambooth.config import DreamBoothConfig
 @dataclass
 class LoRAConfig(DreamBoothConfig):
     """LoRA DreamBooth: DreamBooth's data, prompts and prior-preservation loss, but only low-rank
-    updates ΔW = (α/r)·B·A of the attention projections train (Hu et al. 2022). Defaults follow
-    diffusers' train_dreambooth_lora: rank 4, α = rank, lr 1e-4; 500 steps (a little longer than
-    full DreamBooth's 400 on the mini model, since the update is low-rank) — re-measure for your
-    model (docs/results.md)."""
+    updates ΔW = (α/r)·B·A of the attention projections train (Hu et al. 2022). Rank 4 and α = rank
+    follow diffusers' train_dreambooth_lora; 500 steps (a little longer than full DreamBooth's 400,
+    since the update is low-rank); lr 1e-3 and λ = 0.3 were chosen on the mini model (generator v2) by
+    `benchmarks/method_sweep.py` like DreamBooth's (docs/results.md) — on SD start from diffusers'
+    lr 1e-4, λ = 1."""
 
     steps: int = field(default=500, metadata={"help": "optimizer steps"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (diffusers' LoRA DreamBooth: 1e-4)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (mini model; diffusers' LoRA DreamBooth on SD: 1e-4)"})
     train_text_encoder: bool = field(default=False, metadata={"help": "add LoRA to the text encoder's attention too (q/k/v/out_proj)"})
     rank: int = field(default=4, metadata={"help": "LoRA rank r of the UNet attention projections (to_q, to_k, to_v, to_out.0)"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA α; the update is scaled by α/r (default: α = rank, scale 1)"})
