@@ -81,9 +81,14 @@ def main() -> int:
     torch.set_num_threads(1)
     from personify.evaluation.run import EvalConfig, load_evaluator, run_eval
 
+    from personify.methods import get_method
+
+    grid = parse_grid(args.grid) if args.grid else []
+    for opts in grid:  # a misspelt or invalid option fails here, not after the first trainings
+        get_method(args.method).Config(**{"class_word": "dog", **opts})
     out = Path(args.out) / args.method
     ev, base_t, rows = None, {}, []
-    for opts in parse_grid(args.grid) if args.grid else []:
+    for opts in grid:
         tag = "_".join(f"{k}={_cell(v)}" for k, v in opts.items())
         cfg = EvalConfig(model=args.model, method=[args.method], subject=args.subjects, method_options=opts,
                          n_per_prompt=args.n_per_prompt, seed=args.seed, out=str(out / tag))
