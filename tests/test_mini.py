@@ -252,3 +252,31 @@ def test_signal_stops_the_whole_evaluators_stage(world, tmp_path, monkeypatch):
     assert "clip" not in ev and not (tmp_path / "evaluators" / "clip").exists()
     assert (tmp_path / "evaluators" / "classifier" / "checkpoint.pt").exists()
     assert json.loads((tmp_path / "evaluators" / "classifier" / "model" / "config.json").read_text())["stem_stride"] == 2
+
+
+def test_lr_schedule_warmup_stable_decay():
+    from personify.mini.loop import lr_at
+
+    assert [lr_at(s, 1.0, 4) for s in (0, 3, 100)] == [0.25, 1.0, 1.0]  # no decay: constant after warm-up
+    assert [lr_at(s, 1.0, 4, max_steps=20, decay_steps=10) for s in (9, 10, 15, 19)] == [1.0, 1.0, 0.5, 0.1]
+    with pytest.raises(ValueError):
+        UnetConfig(decay_steps=-1)
+
+
+def test_a_decay_branch_continues_a_constant_run(trained, world, tmp_path):
+    """Copy a stage folder, extend it with decay_steps: it resumes (not restarts) and the logged lr falls to ~0."""
+    import shutil
+
+    from personify.mini.train import main
+
+    root, _ = trained
+    kw = dict(world_dir=str(world), clip_dir=str(root / "clip" / "model"), vae_dir=str(root / "vae" / "model"), **COMMON, **TINY_UNET)
+    main(UnetConfig(run_root=str(tmp_path / "a"), max_steps=2, **kw))
+    shutil.copytree(tmp_path / "a" / "unet", tmp_path / "b" / "unet")
+    main(UnetConfig(run_root=str(tmp_path / "b"), max_steps=6, decay_steps=4, **kw))
+    rows = (tmp_path / "b" / "unet" / "log.csv").read_text().strip().splitlines()
+    head = rows[0].split(",")
+    lr = {int(r.split(",")[0]): float(r.split(",")[head.index("lr")]) for r in rows[1:]}
+    peak = UnetConfig(**kw).lr
+    assert sorted(lr) == [1, 2, 3, 4, 5, 6]  # steps 1-2 from the copied run, 3-6 the branch
+    assert lr[2] == pytest.approx(peak) and [lr[s] / peak for s in (3, 4, 5, 6)] == pytest.approx([1.0, 0.75, 0.5, 0.25])

@@ -38,6 +38,9 @@ class StageConfig:
     lr: float = field(default=3e-4, metadata=_h("AdamW peak learning rate (linear warm-up, then constant, so runs can be extended)."))
     weight_decay: float = field(default=0.01, metadata=_h("AdamW weight decay."))
     warmup_steps: int = field(default=200, metadata=_h("Linear learning-rate warm-up steps."))
+    decay_steps: int = field(default=0, metadata=_h("Decay the learning rate linearly to 0 over the last N steps before max_steps "
+                                                    "(0 = constant). Cool a constant-lr run down in a branch: copy its stage folder "
+                                                    "to another run_root, then max_steps = its step + N."))
     max_steps: int = field(default=1000, metadata=_h("Total optimisation steps of the stage; re-running with a larger value continues training."))
     time_budget_s: float = field(default=0.0, metadata=_h("Stop (after checkpointing) once this many seconds of this invocation have passed; 0 = no limit."))
     checkpoint_every_s: float = field(default=180.0, metadata=_h("Write an atomic checkpoint at least this often (seconds)."))
@@ -53,7 +56,7 @@ class StageConfig:
         for name in ("batch_size", "max_steps", "log_every", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "max_train_images"):
+        for name in ("warmup_steps", "max_train_images", "decay_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not (0 < self.lr < 1):

@@ -120,12 +120,18 @@ class Logger:
             self.tb.close()
 
 
-def lr_at(step: int, peak: float, warmup: int) -> float:
-    return peak * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step: int, peak: float, warmup: int, max_steps: int = 0, decay_steps: int = 0) -> float:
+    """Linear warm-up, constant, then (with `decay_steps`) a linear decay to 0 at `max_steps`: the
+    warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, §4), so a constant-lr run can be extended at
+    will and any of its checkpoints cooled down in a short branch."""
+    lr = peak * min(1.0, (step + 1) / max(1, warmup))
+    if decay_steps and step >= max_steps - decay_steps:
+        lr *= max(0.0, (max_steps - step) / decay_steps)
+    return lr
 
 
 def run_loop(stage, stage_dir: Path, *, seed: int, tag: str, max_steps: int, lr: float, warmup_steps: int,
-             log_every: int, checkpoint_every_s: float, time_budget_s: float = 0.0,
+             log_every: int, checkpoint_every_s: float, time_budget_s: float = 0.0, decay_steps: int = 0,
              optimizers: list[torch.optim.Optimizer] | None = None, verbose: bool = True) -> dict:
     """Train ``stage`` until ``max_steps`` (or the time budget / a signal), resuming from
     ``stage_dir/checkpoint.pt``. Returns the status dict also written to ``stage_dir/status.json``."""
@@ -161,7 +167,7 @@ def run_loop(stage, stage_dir: Path, *, seed: int, tag: str, max_steps: int, lr:
     status = {}
     with StopRequested() as stop:
         while step < max_steps:
-            cur_lr = lr_at(step, lr, warmup_steps)
+            cur_lr = lr_at(step, lr, warmup_steps, max_steps, decay_steps)
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = cur_lr * group.get("lr_scale", 1.0)

@@ -530,7 +530,7 @@ class ClassifierStage:
 def _loop(stage, cfg: StageConfig, stage_dir: Path, tag: str, max_steps: int) -> dict:
     return run_loop(stage, stage_dir, seed=cfg.seed, tag=tag, max_steps=max_steps, lr=cfg.lr,
                     warmup_steps=cfg.warmup_steps, log_every=cfg.log_every,
-                    checkpoint_every_s=cfg.checkpoint_every_s, time_budget_s=cfg.time_budget_s)
+                    checkpoint_every_s=cfg.checkpoint_every_s, time_budget_s=cfg.time_budget_s, decay_steps=cfg.decay_steps)
 
 
 def _finished(stage_dir: Path, max_steps: int) -> bool:
