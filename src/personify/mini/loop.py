@@ -122,7 +122,7 @@ class Logger:
 
 def lr_at(step: int, peak: float, warmup: int, max_steps: int = 0, decay_steps: int = 0) -> float:
     """Linear warm-up, constant, then (with `decay_steps`) a linear decay to 0 at `max_steps`: the
-    warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, §4), so a constant-lr run can be extended at
+    warmup-stable-decay schedule (Hu et al. 2024, "MiniCPM"), so a constant-lr run can be extended at
     will and any of its checkpoints cooled down in a short branch."""
     lr = peak * min(1.0, (step + 1) / max(1, warmup))
     if decay_steps and step >= max_steps - decay_steps:
