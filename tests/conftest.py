@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random SD components built in code, and small subject folders. No network."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,15 @@ import pytest
 from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """Import benchmarks/<name>.py (a script folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_subject(folder: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:

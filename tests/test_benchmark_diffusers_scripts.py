@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from personify.cli import _layered
 from personify.config import add_arguments
 from personify.methods import get_method
 from personify.training.config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("diffusers_scripts", ROOT / "benchmarks" / "diffusers_scripts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("diffusers_scripts")
 
 
 def test_steps_per_second_leaves_out_warm_up(bench):
