@@ -61,6 +61,31 @@ def table(method: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+def run_grid(args, grid: list[dict], out: Path) -> tuple[list[dict], dict]:
+    """Train and score every option set; -> (rows, the base model's CLIP-T per subject)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from personify.evaluation.run import EvalConfig, load_evaluator, run_eval
+    from personify.methods import get_method
+
+    for opts in grid:  # a misspelt or invalid option fails here, not after the first trainings
+        get_method(args.method).Config(**{"class_word": "dog", **opts})
+    ev, base_t, rows = None, {}, []
+    for opts in grid:
+        tag = "_".join(f"{k}={_cell(v)}" for k, v in opts.items())
+        cfg = EvalConfig(model=args.model, method=[args.method], subject=args.subjects, method_options=opts,
+                         n_per_prompt=args.n_per_prompt, seed=args.seed, out=str(out / tag))
+        ev = ev or load_evaluator(cfg)
+        t = time.time()
+        run_eval(cfg, ev, base_t)
+        s = json.loads((out / tag / "results.json").read_text())["summary"][args.method]
+        rows.append({"options": opts, "overall": s["overall"], "normalized": s["normalized"], "seconds": time.time() - t})
+        o = s["overall"]
+        print(f"{tag}: DINO {o['dino']:.3f} CLIP-I {o['clip_i']:.3f} CLIP-T {o['clip_t']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    return rows, base_t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", required=True)
@@ -76,43 +101,22 @@ def main() -> int:
     if not args.grid and not args.render_only:
         ap.error("pass --grid NAME=V1,V2 ... (or --render-only)")
 
-    import torch
-
-    torch.set_num_threads(1)
-    from personify.evaluation.run import EvalConfig, load_evaluator, run_eval
-
-    from personify.methods import get_method
-
-    grid = parse_grid(args.grid) if args.grid else []
-    for opts in grid:  # a misspelt or invalid option fails here, not after the first trainings
-        get_method(args.method).Config(**{"class_word": "dog", **opts})
     out = Path(args.out) / args.method
-    ev, base_t, rows = None, {}, []
-    for opts in grid:
-        tag = "_".join(f"{k}={_cell(v)}" for k, v in opts.items())
-        cfg = EvalConfig(model=args.model, method=[args.method], subject=args.subjects, method_options=opts,
-                         n_per_prompt=args.n_per_prompt, seed=args.seed, out=str(out / tag))
-        ev = ev or load_evaluator(cfg)
-        t = time.time()
-        run_eval(cfg, ev, base_t)
-        s = json.loads((out / tag / "results.json").read_text())["summary"][args.method]
-        rows.append({"options": opts, "overall": s["overall"], "normalized": s["normalized"], "seconds": time.time() - t})
-        o = s["overall"]
-        print(f"{tag}: DINO {o['dino']:.3f} CLIP-I {o['clip_i']:.3f} CLIP-T {o['clip_t']:.3f} ({rows[-1]['seconds']:.0f} s)", flush=True)
-    # Earlier sweeps of the same method and subjects stay in the table (one row per setting, newest wins).
     f = out / "sweep.json"
-    old = json.loads(f.read_text()) if f.exists() else {}
+    old = json.loads(f.read_text()) if f.exists() else None
     if args.render_only:
-        pass
-    elif old.get("subjects") == args.subjects and old.get("n_per_prompt") == args.n_per_prompt and old.get("seed") == args.seed:
-        mine = [r["options"] for r in rows]
-        rows = [r for r in old["rows"] if r["options"] not in mine] + rows
-        commands = old["commands"] + [sys.argv]
+        if old is None:
+            raise SystemExit(f"{f}: no sweep recorded there; run with --grid first")
     else:
-        commands = [sys.argv]
-    if not args.render_only:
-        f.write_text(json.dumps({"commands": commands, "subjects": args.subjects, "n_per_prompt": args.n_per_prompt, "seed": args.seed,
-                                 "base_clip_t": base_t, "rows": rows}, indent=1))
+        setting = {"subjects": args.subjects, "n_per_prompt": args.n_per_prompt, "seed": args.seed}
+        if old is not None and {k: old[k] for k in setting} != setting:  # checked before any training
+            raise SystemExit(f"{f} holds a sweep of other subjects/images/seed ({old['subjects']}, {old['n_per_prompt']}, {old['seed']}); "
+                             "pass another --out")
+        new_rows, base_t = run_grid(args, parse_grid(args.grid), out)
+        # Earlier sweeps of the same setting stay in the table (one row per option set, newest wins).
+        kept = [r for r in (old or {}).get("rows", []) if r["options"] not in [n["options"] for n in new_rows]]
+        f.write_text(json.dumps({"commands": (old or {}).get("commands", []) + [sys.argv], **setting, "base_clip_t": base_t,
+                                 "rows": kept + new_rows}, indent=1))
     text = table(args.method, json.loads(f.read_text()))
     print(text)
     if args.doc:

@@ -2,22 +2,15 @@
 are ones the method's config accepts (a typo must fail before hours of training, not after)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
 from personify.methods import get_method
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("method_sweep", ROOT / "benchmarks" / "method_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("method_sweep")
 
 
 def test_grid_is_the_typed_cartesian_product(sweep):
@@ -49,3 +42,42 @@ def test_table_sorts_rows_and_marks_unswept_options_default(sweep):
     lines = sweep.table("lora", data).splitlines()
     body = [ln for ln in lines if ln.startswith("| 0.")]
     assert body == ["| 0.0001 | 8 | 0.470 | 0.200 | 0.400 | 0.900 |", "| 0.001 | default | 0.520 | 0.200 | 0.400 | 0.900 |"]
+
+
+def _fake_eval(monkeypatch, dino_by_lr):
+    """run_eval stand-in: writes the results.json that a real run would, DINO chosen by learning rate."""
+    import json
+    from pathlib import Path
+
+    import personify.evaluation.run as run
+
+    def fake(cfg, ev, base_t):
+        base_t.update({s: 0.5 for s in cfg.subject})
+        o = {"dino": dino_by_lr[cfg.method_options["learning_rate"]], "clip_i": 0.2, "clip_t": 0.4}
+        Path(cfg.out).mkdir(parents=True)
+        (Path(cfg.out) / "results.json").write_text(json.dumps({"summary": {cfg.method[0]: {"overall": o, "normalized": {"clip_t": 0.8}}}}))
+
+    monkeypatch.setattr(run, "run_eval", fake)
+    monkeypatch.setattr(run, "load_evaluator", lambda cfg: object())
+
+
+def test_sweeps_add_rows_and_refuse_another_setting_in_the_same_folder(sweep, monkeypatch, tmp_path, capsys):
+    import json
+    import sys
+
+    argv = ["method_sweep.py", "--method", "lora", "--out", str(tmp_path), "--subjects", "dog2"]
+    _fake_eval(monkeypatch, {1e-4: 0.40, 1e-3: 0.50})
+    monkeypatch.setattr(sys, "argv", argv + ["--grid", "learning_rate=1e-4,1e-3"])
+    sweep.main()
+    _fake_eval(monkeypatch, {1e-3: 0.55})  # a rerun of one setting replaces its row
+    monkeypatch.setattr(sys, "argv", argv + ["--grid", "learning_rate=1e-3"])
+    (tmp_path / "lora" / "learning_rate=0.001").rename(tmp_path / "old")
+    sweep.main()
+    data = json.loads((tmp_path / "lora" / "sweep.json").read_text())
+    assert [(r["options"]["learning_rate"], r["overall"]["dino"]) for r in data["rows"]] == [(1e-4, 0.40), (1e-3, 0.55)]
+    assert len(data["commands"]) == 2
+    monkeypatch.setattr(sys, "argv", argv[:-1] + ["cat2", "--grid", "learning_rate=1e-3"])
+    monkeypatch.setattr(sweep, "run_grid", lambda *a: pytest.fail("trained into a folder of another sweep"))
+    with pytest.raises(SystemExit, match="other subjects"):
+        sweep.main()
+    assert "| 0.001 | 0.550 |" in capsys.readouterr().out
