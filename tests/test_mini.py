@@ -205,6 +205,40 @@ def test_decoder_finetune_keeps_the_latent_space(trained, world, tmp_path):
                        init_from=str(tmp_path / "missing")))
 
 
+def test_grown_decoder_starts_as_the_old_vae_and_keeps_its_latents(trained, world, tmp_path):
+    """grow_layers deepens an existing VAE without changing what it computes; decoder-only training
+    then moves the decoder while the (deeper) encoder still gives the old latents."""
+    from diffusers import AutoencoderKL
+
+    from personify.mini.models import grow_vae
+    from personify.mini.train import main
+
+    root, _ = trained
+    base = root / "vae" / "model"
+    old = AutoencoderKL.from_pretrained(str(base)).eval()
+    grown = grow_vae(old, 1).eval()
+    assert grown.config.layers_per_block == old.config.layers_per_block + 1
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in old.parameters())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z_old, z_new = old.encode(x).latent_dist.mean, grown.encode(x).latent_dist.mean
+        assert torch.allclose(z_old, z_new, atol=1e-6)
+        assert torch.allclose(old.decode(z_old).sample, grown.decode(z_new).sample, atol=1e-5)
+
+    cfg = VaeConfig(run_root=str(tmp_path), world_dir=str(world), max_steps=3, **COMMON, **TINY_VAE,
+                    init_from=str(base), train_encoder=False, grow_layers=1, lr=1e-2)
+    main(cfg)
+    trained_vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae" / "model")).eval()
+    assert trained_vae.config.layers_per_block == old.config.layers_per_block + 1
+    assert trained_vae.config.scaling_factor == old.config.scaling_factor
+    with torch.no_grad():
+        assert torch.allclose(trained_vae.encode(x).latent_dist.mean, z_old, atol=1e-6)
+        assert not torch.allclose(trained_vae.decode(z_old).sample, old.decode(z_old).sample, atol=1e-4)
+    main(VaeConfig(**{**cfg.__dict__, "max_steps": 4}))  # resumes into the grown architecture
+    with pytest.raises(ValueError, match="grow_layers"):
+        VaeConfig(grow_layers=1)
+
+
 def test_export_roundtrip(trained, tmp_path):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
     from safetensors import safe_open

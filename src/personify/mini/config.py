@@ -126,6 +126,7 @@ class VaeConfig(StageConfig):
     crop_size: int = field(default=32, metadata=_h("Train on random crops of this side (the VAE is convolutional; 32 px crops cost 4x less than full 64 px images). Validation and scaling_factor use full images."))
     init_from: str = field(default="", metadata=_h("Start from this AutoencoderKL folder (e.g. the shipped VAE) instead of random weights; its architecture replaces the size fields above."))
     train_encoder: bool = field(default=True, metadata=_h("False = fine-tune the decoder only (needs init_from): the latent space and scaling_factor stay fixed, so a UNet trained on them stays valid, as with SD's ft-MSE/ft-EMA decoders."))
+    grow_layers: int = field(default=0, metadata=_h("Add this many ResNet blocks per resolution to the init_from VAE, each starting as an identity (its last conv zeroed, as in Net2Net's deepening, Chen et al. 2016), so the grown VAE first computes exactly the old one. AutoencoderKL shares layers_per_block between encoder and decoder: with train_encoder False the encoder's new blocks stay identities and only the decoder gains capacity."))
     adv_weight: float = field(default=0.0, metadata=_h("Weight of a patch-GAN hinge loss on reconstructions, scaled adaptively as in VQGAN (Esser et al. 2021, eq. 7); 0 = off. The discriminator is trained here from scratch and never shipped."))
     adv_start: int = field(default=0, metadata=_h("Step at which the adversarial term (and the discriminator's training) starts."))
     disc_channels: int = field(default=32, metadata=_h("Width of the first patch-discriminator layer (doubles twice)."))
@@ -145,6 +146,8 @@ class VaeConfig(StageConfig):
             raise ValueError("loss weights must be >= 0")
         if not self.train_encoder and not self.init_from:
             raise ValueError("train_encoder=False fine-tunes an existing decoder: set init_from to its VAE folder")
+        if self.grow_layers < 0 or (self.grow_layers and not self.init_from):
+            raise ValueError("grow_layers adds blocks to an existing VAE: set init_from (and grow_layers >= 0)")
         if self.adv_start < 0 or self.disc_channels < 8:
             raise ValueError("adv_start must be >= 0 and disc_channels >= 8")
 

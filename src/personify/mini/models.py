@@ -6,6 +6,7 @@ folders load with ``from_pretrained`` and no personify code.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -91,7 +92,28 @@ def load_or_build_vae(cfg: VaeConfig):
     folder = Path(cfg.init_from).expanduser()
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no AutoencoderKL folder (config.json) to start from; fix init_from")
-    return AutoencoderKL.from_pretrained(str(folder)).float()
+    vae = AutoencoderKL.from_pretrained(str(folder)).float()
+    return grow_vae(vae, cfg.grow_layers) if cfg.grow_layers else vae
+
+
+def grow_vae(vae, extra: int):
+    """The same AutoencoderKL with ``extra`` more ResNet blocks per resolution, computing exactly the same
+    function: old blocks keep their index (new ones are appended before each resampler) and each new
+    block's conv2 is zero, so ResnetBlock2D returns its input (x + 0). Deepening à la Net2Net
+    (Chen et al. 2016): the decoder gains capacity without leaving the latent space a UNet was trained on."""
+    from diffusers import AutoencoderKL
+
+    grown = AutoencoderKL.from_config({**vae.config, "layers_per_block": vae.config.layers_per_block + extra})
+    missing, unexpected = grown.load_state_dict(vae.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    new_blocks = {k.rsplit(".", 2)[0] for k in missing}  # e.g. decoder.up_blocks.0.resnets.2
+    assert all(re.fullmatch(r"(encoder\.down|decoder\.up)_blocks\.\d+\.resnets\.\d+", b) for b in new_blocks), new_blocks
+    with torch.no_grad():
+        for b in new_blocks:
+            conv2 = grown.get_submodule(b).conv2
+            conv2.weight.zero_()
+            conv2.bias.zero_()
+    return grown
 
 
 def build_patch_discriminator(channels: int = 32) -> nn.Module:
