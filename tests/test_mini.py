@@ -314,3 +314,17 @@ def test_a_decay_branch_continues_a_constant_run(trained, world, tmp_path):
     peak = UnetConfig(**kw).lr
     assert sorted(lr) == [1, 2, 3, 4, 5, 6]  # steps 1-2 from the copied run, 3-6 the branch
     assert lr[2] == pytest.approx(peak) and [lr[s] / peak for s in (3, 4, 5, 6)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
+def test_shipped_weights_fit_the_budget():
+    """Issue 3: shipped weights (generator + evaluators) <= 60 MB. Weights = the safetensors files;
+    tokenizer vocabularies and configs are not counted."""
+    from pathlib import Path
+
+    import personify
+
+    assets = Path(personify.__file__).parent / "assets"
+    files = sorted((assets / "mini-sd").rglob("*.safetensors")) + sorted((assets / "evaluators").rglob("*.safetensors"))
+    folders = {f.relative_to(assets).parts[1] for f in files}
+    assert {"unet", "vae", "text_encoder", "clip", "dino", "classifier"} <= folders, folders
+    assert sum(f.stat().st_size for f in files) <= 60_000_000
