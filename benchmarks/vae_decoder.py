@@ -10,7 +10,10 @@ once (same seeds as ``personify.evaluation.mini_quality``, so the shipped row re
 - ``gen_top1``: evaluator-classifier top-1 on the decoded samples (what a user sees);
 - ``vae_ceiling_top1``: top-1 on 1,000 real head-50 test renders after that VAE's round trip;
 - ``psnr_db``: PSNR of that round trip (blur lowers it; a GAN decoder may trade PSNR for detail);
-- ``frechet``: Fréchet distance (DINO evaluator) of the decoded samples to real head-50 renders.
+- ``frechet``: Fréchet distance (DINO evaluator) of the decoded samples to real head-50 renders;
+- ``subject_dino_rt`` / ``subject_clip_i_rt``: mean cosine (DINO / CLIP evaluator) between each image of
+  the held-out mini-DreamBench subjects and its round trip through that VAE: what a decoder keeps of
+  subjects drawn in a style pretraining never saw (the tuning methods' DINO / CLIP-I cannot exceed it much).
 
 A decoder fine-tuned with its encoder frozen (``personify mini train --stage vae --no-train-encoder``)
 keeps the latent space, so the same UNet applies to every row; the script checks that the
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def main() -> None:
@@ -43,7 +47,7 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     import personify
-    from personify.evaluation.dreambench import Evaluator
+    from personify.evaluation.dreambench import Evaluator, load_mini, pixels
     from personify.evaluation.encoders import load_clip, load_dino
     from personify.evaluation.mini_quality import _u8, classify, features, frechet, load_classifier, vae_roundtrip
     from personify.evaluation.run import default_evaluator_path
@@ -81,6 +85,9 @@ def main() -> None:
     real = _u8(test["images"][mask][: args.n_real])
     real_y = torch.from_numpy(test["class_id"][mask][: args.n_real]).long()
     real_feat = features(ev, real)
+    subj = pixels([Image.open(p) for s in load_mini().subjects.values() for p in s.images])  # (N, 3, 64, 64) in [0, 1]
+    with torch.no_grad():
+        subj_dino, subj_clip = ev.dino.image(subj), ev.clip.image(subj)
 
     t0 = time.time()
     with torch.no_grad():
@@ -92,6 +99,9 @@ def main() -> None:
         with torch.no_grad():
             imgs = latents_to_images(vae, z0)
             rec = vae_roundtrip(vae, real)
+            srec = vae_roundtrip(vae, subj)
+            s_dino = float((ev.dino.image(srec) * subj_dino).sum(-1).mean())
+            s_clip = float((ev.clip.image(srec) * subj_clip).sum(-1).mean())
         gen = _u8(imgs)
         mse = torch.mean((rec - real) ** 2).item()
         rows[name] = {
@@ -99,6 +109,8 @@ def main() -> None:
             "vae_ceiling_top1": float((classify(clf, rec) == real_y).float().mean()),
             "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
             "frechet": frechet(features(ev, gen), real_feat),
+            "subject_dino_rt": s_dino,
+            "subject_clip_i_rt": s_clip,
             **{f"{c}_gen_top1": float((classify(m, gen) == target).float().mean()) for c, m in extra.items()},
             **{f"{c}_vae_ceiling_top1": float((classify(m, rec) == real_y).float().mean()) for c, m in extra.items()},
         }
@@ -109,10 +121,11 @@ def main() -> None:
                      **{f"{c}_vae_ceiling_top1": float((classify(m, real) == real_y).float().mean()) for c, m in extra.items()}}
 
     ref = next(iter(decoders))
-    print(f"{'decoder':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}   ratios vs {ref}")
+    print(f"{'decoder':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}{'subj DINO rt':>13}{'subj CLIP-I rt':>15}   ratios vs {ref}")
     for name in decoders:
         r, b = rows[name], rows[ref]
         print(f"{name:<14}{r['gen_top1']:>10.1%}{r['vae_ceiling_top1']:>13.1%}{r['psnr_db']:>9.2f}{r['frechet']:>9.4f}"
+              f"{r['subject_dino_rt']:>13.3f}{r['subject_clip_i_rt']:>15.3f}"
               f"   top-1 x{r['gen_top1'] / max(b['gen_top1'], 1e-9):.2f}, Fréchet x{r['frechet'] / b['frechet']:.2f}")
     print(f"{'real renders':<14}{'':>10}{rows['_real']['vae_ceiling_top1']:>13.1%}")
     for c in extra:  # the same decoded images, judged by another classifier
