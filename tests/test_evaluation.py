@@ -152,6 +152,16 @@ def test_vae_roundtrip_ceiling_input(tiny_pipe):
     assert (r - x).abs().mean() > 0.05
 
 
+def test_mini_quality_makes_its_out_folder_before_any_work(tmp_path):
+    """A new --out folder is created up front (a run once lost minutes of sampling to a missing one)."""
+    from personify.evaluation.mini_quality import measure
+
+    out = tmp_path / "new" / "img"
+    with pytest.raises(Exception):  # the model folder is missing, so nothing is sampled
+        measure(model=str(tmp_path / "no-model"), out=out)
+    assert out.is_dir()
+
+
 def test_half_precision_encoders_resize_other_sizes():
     """The shipped mini evaluators are fp16: crops of another size are resized in float32 (the
     antialiased bicubic kernel has no CPU half version) and embedded as the float32 model does."""

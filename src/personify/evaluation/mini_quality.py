@@ -87,6 +87,8 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
     from ..world.backgrounds import BACKGROUNDS
     from ..world.captions import STYLE_PREFIX
 
+    if out:  # made before any sampling, so a bad --out fails at once instead of after minutes of work
+        Path(out).mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(model)
     root = Path(evaluators) if evaluators else default_evaluator_path("clip").parent
     ev = Evaluator(load_clip(root / "clip"), load_dino(root / "dino"))
