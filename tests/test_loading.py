@@ -117,3 +117,19 @@ def test_v_prediction_target_is_velocity():
     torch.testing.assert_close(diffusion_target(s, x, n, t), a.sqrt() * n - (1 - a).sqrt() * x)
 
 
+
+
+def test_a_deepened_vae_keeps_the_fingerprint(tiny_pipe):
+    """grow_vae's new encoder blocks are exact identities: the latents and so the fingerprint stay, and
+    concepts trained on the model still load with the deeper decoder; a block that computes something
+    changes it."""
+    from personify.mini.models import grow_vae
+    from personify.models import model_hash
+
+    grown = load_pipeline("tiny")
+    grown.vae = grow_vae(grown.vae, 1)
+    assert model_hash(grown) == tiny_pipe.personify_base_hash
+    assert model_hash(grown, decoder=True) != tiny_pipe.personify_full_hash  # the decoder did change
+    with torch.no_grad():
+        grown.vae.encoder.down_blocks[0].resnets[-1].conv2.bias.add_(0.1)  # no longer the identity
+    assert model_hash(grown) != tiny_pipe.personify_base_hash

@@ -240,10 +240,11 @@ def model_hash(pipe: StableDiffusionPipeline, decoder: bool = False) -> str:
     value in 1024, so the strided sample tells models apart just as well.
     """
     h = hashlib.sha256()
+    identity = _identity_encoder_blocks(pipe.vae)
     for name in ("unet", "text_encoder", "vae"):
         module = getattr(pipe, name)
         for k, v in sorted(module.state_dict().items()):
-            if name == "vae" and not decoder and k.startswith(_DECODER_PREFIXES):
+            if name == "vae" and ((not decoder and k.startswith(_DECODER_PREFIXES)) or k.startswith(identity)):
                 continue
             flat = v.detach().reshape(-1)
             step = max(1, flat.numel() // 1024)
@@ -251,6 +252,22 @@ def model_hash(pipe: StableDiffusionPipeline, decoder: bool = False) -> str:
             h.update(f"{name}.{k}:{tuple(v.shape)}".encode())
             h.update(sample)
     return h.hexdigest()[:16]
+
+
+def _identity_encoder_blocks(vae) -> tuple[str, ...]:
+    """State-dict prefixes of VAE-encoder ResNet blocks that return their input exactly (conv2 all
+    zero, no shortcut, output scale 1): the blocks ``mini.models.grow_vae`` adds. They change no
+    latent, so a deepened VAE keeps its fingerprint and the concepts trained on it."""
+    encoder = getattr(vae, "encoder", None)
+    if encoder is None:
+        return ()
+    out = []
+    for n, m in encoder.named_modules():
+        conv2 = getattr(m, "conv2", None)
+        if (type(m).__name__ == "ResnetBlock2D" and m.conv_shortcut is None and m.output_scale_factor == 1
+                and not conv2.weight.any() and (conv2.bias is None or not conv2.bias.any())):
+            out.append(f"encoder.{n}.")
+    return tuple(out)
 
 
 def same_base(pipe, recorded: str | None) -> bool:
