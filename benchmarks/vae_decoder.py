@@ -13,7 +13,8 @@ once (same seeds as ``personify.evaluation.mini_quality``, so the shipped row re
 - ``frechet``: Fréchet distance (DINO evaluator) of the decoded samples to real head-50 renders;
 - ``subject_dino_rt`` / ``subject_clip_i_rt``: mean cosine (DINO / CLIP evaluator) between each image of
   the held-out mini-DreamBench subjects and its round trip through that VAE: what a decoder keeps of
-  subjects drawn in a style pretraining never saw (the tuning methods' DINO / CLIP-I cannot exceed it much).
+  subjects drawn in a style pretraining never saw. It is a reconstruction measure, not a prediction of
+  the tuning methods' scores: in session 7 the decoder that scored best here lowered them (results.md).
 
 A decoder fine-tuned with its encoder frozen (``personify mini train --stage vae --no-train-encoder``)
 keeps the latent space, so the same UNet applies to every row; the script checks that the

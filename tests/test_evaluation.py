@@ -154,10 +154,11 @@ def test_vae_roundtrip_ceiling_input(tiny_pipe):
 
 def test_mini_quality_makes_its_out_folder_before_any_work(tmp_path):
     """A new --out folder is created up front (a run once lost minutes of sampling to a missing one)."""
+    from personify.errors import PersonifyError
     from personify.evaluation.mini_quality import measure
 
     out = tmp_path / "new" / "img"
-    with pytest.raises(Exception):  # the model folder is missing, so nothing is sampled
+    with pytest.raises(PersonifyError, match="no-model"):  # the model folder is missing, so nothing is sampled
         measure(model=str(tmp_path / "no-model"), out=out)
     assert out.is_dir()
 

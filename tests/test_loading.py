@@ -117,8 +117,6 @@ def test_v_prediction_target_is_velocity():
     torch.testing.assert_close(diffusion_target(s, x, n, t), a.sqrt() * n - (1 - a).sqrt() * x)
 
 
-
-
 def test_a_deepened_vae_keeps_the_fingerprint(tiny_pipe):
     """grow_vae's new encoder blocks are exact identities: the latents and so the fingerprint stay, and
     concepts trained on the model still load with the deeper decoder; a block that computes something
