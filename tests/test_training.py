@@ -164,3 +164,24 @@ def test_resume_refuses_a_checkpoint_of_another_base_model(subject_dir, tmp_path
         personify.train("lora", images=subject_dir, out=out, steps=2, resume=True, **{**BASE, "model": "tiny:1"})
     assert "\n" not in str(e.value)
     personify.train("lora", images=subject_dir, out=out, steps=2, resume=True, **BASE)  # same model: continues
+
+
+def test_class_image_cache_is_reused_and_kept_apart_per_decoder(tiny_pipe, tmp_path, monkeypatch):
+    """Class images are pixels the decoder drew: a second call reuses them, and a swapped-in decoder (same
+    concept fingerprint) gets its own folder instead of images drawn by another decoder."""
+    from personify.data.class_images import class_images
+    from personify.models.loading import model_hash
+
+    monkeypatch.setattr("personify.data.class_images.CLASS_STEPS", 2)
+    a = class_images(tiny_pipe, "a photo of a dog", 2, 32, root=tmp_path)
+    stamps = [p.stat().st_mtime_ns for p in a]
+    assert class_images(tiny_pipe, "a photo of a dog", 2, 32, root=tmp_path) == a
+    assert [p.stat().st_mtime_ns for p in a] == stamps, "cached class images were drawn again"
+
+    with torch.no_grad():
+        tiny_pipe.vae.decoder.conv_out.bias.add_(0.5)
+    assert model_hash(tiny_pipe) == tiny_pipe.personify_base_hash  # concepts stay valid across decoders
+    tiny_pipe.personify_full_hash = model_hash(tiny_pipe, decoder=True)
+    b = class_images(tiny_pipe, "a photo of a dog", 2, 32, root=tmp_path)
+    assert b[0].parent != a[0].parent
+    assert a[0].read_bytes() != b[0].read_bytes()

@@ -1,9 +1,10 @@
 """Class images for prior preservation: generated once by the frozen base model and cached.
 
-Cache key = (base-model hash, prompt, resolution, sampler settings); the manifest records the seed of
-every image, so a later run with more `num_class_images` only generates the missing ones and a run
-on another base model gets its own folder (Ruiz et al. 2023, Sec. 3.3: x_pr = x̂(z, c_pr) from the
-frozen model).
+Cache key = (model hash with the VAE decoder, prompt, resolution, sampler settings); the manifest records
+the seed of every image, so a later run with more `num_class_images` only generates the missing ones and a
+run on another base model gets its own folder (Ruiz et al. 2023, Sec. 3.3: x_pr = x̂(z, c_pr) from the
+frozen model). The key includes the decoder although concepts do not depend on it (`model_hash`): the
+class images are pixels the decoder drew, so a swapped-in decoder (`--vae`) draws its own.
 """
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ def cache_root() -> Path:
 
 
 def class_images(pipe, prompt: str, n: int, resolution: int, seed: int = 0, root: Path | None = None, batch: int = 16) -> list[Path]:
-    key = hashlib.sha256(json.dumps([pipe.personify_base_hash, prompt, resolution, CLASS_STEPS, CLASS_GUIDANCE]).encode()).hexdigest()[:16]
-    folder = (root or cache_root()) / f"{pipe.personify_base_hash}-{key}"
+    drawn_by = getattr(pipe, "personify_full_hash", None) or pipe.personify_base_hash
+    key = hashlib.sha256(json.dumps([drawn_by, prompt, resolution, CLASS_STEPS, CLASS_GUIDANCE]).encode()).hexdigest()[:16]
+    folder = (root or cache_root()) / f"{drawn_by}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
-        "prompt": prompt, "base_model_hash": pipe.personify_base_hash, "resolution": resolution,
+        "prompt": prompt, "base_model_hash": pipe.personify_base_hash, "full_model_hash": drawn_by, "resolution": resolution,
         "steps": CLASS_STEPS, "guidance": CLASS_GUIDANCE, "images": {},
     }
     have = {k: v for k, v in manifest["images"].items() if (folder / k).is_file()}
