@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--n-per-class", type=int, default=4, help="images per class and method")
     ap.add_argument("--n-refs", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--semantic-weight", type=float, default=None,
+                    help="λ in λ·semantic + (1−λ)·appearance (default: personify's, 10/11)")
     ap.add_argument("--ref-split", choices=["eval_train", "test"], default="test",
                     help="where the references come from: test = the generator's own emoji images in new scenes (what the "
                          "classifier evaluator knows), eval_train = other emoji images of the class (before session 5)")
@@ -64,7 +66,8 @@ def main() -> int:
     test_extra = rest if args.ref_split == "test" else extra  # real renders of the generator's emoji images
 
     # checkpointing only bounds memory on SD-sized latents; at 8x8 it costs ~30% time for nothing
-    settings = Settings(iterations=args.iterations, checkpoint=False)
+    lam = {} if args.semantic_weight is None else {"semantic_weight": args.semantic_weight}
+    settings = Settings(iterations=args.iterations, checkpoint=False, **lam)
     cfg = LongTailConfig(n_per_class=args.n_per_class, n_refs=args.n_refs, settings=settings)
     out = Path(args.out)
     summary = run_longtail(pipe, clip, classify, names, refs, cfg, out, dino=dino, log=print)
@@ -97,7 +100,7 @@ def main() -> int:
         + ("`test` (the generator's emoji images in scenes it never saw)" if args.ref_split == "test" else "`eval_train` (emoji images the generator never saw)")
         + f"; {args.n_per_class} images per class and method, prompt \"a photo of a {{class}}\", "
         f"DDIM {settings.steps} steps, guidance {settings.guidance}, SeedSelect {settings.iterations} iterations + bootstrap "
-        "(loss CLIP: the mini CLIP evaluator). Accuracy: top-1 of the mini classifier evaluator (598 classes; it never drives the loss). "
+        f"(λ = {settings.semantic_weight:.3g}; loss CLIP: the mini CLIP evaluator). Accuracy: top-1 of the mini classifier evaluator (598 classes; it never drives the loss). "
         f"Its ceiling on real renders of these classes: {100 * ceil_gen:.1f}% on {n_gen} `test` renders (the generator's emoji images), "
         f"{100 * ceil_ref:.1f}% on the {n_ref} references. Before session 5 the references came from `eval_train` and the classifier "
         "from `eval_train` too (`--ref-split eval_train`).", "",
