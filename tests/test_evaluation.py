@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,6 +151,18 @@ def test_vae_roundtrip_ceiling_input(tiny_pipe):
     assert r.shape == x.shape and 0 <= r.min() and r.max() <= 1
     assert torch.allclose(r, vae_roundtrip(tiny_pipe.vae, x, batch=5), atol=1e-5)
     assert (r - x).abs().mean() > 0.05
+
+
+def test_style_ceiling_set_is_balanced_like_the_generated_set():
+    """mini_quality's style ceiling: equal counts per style (85% of real renders are photos), cut to the
+    rarest style, first occurrences in order."""
+    from personify.evaluation.mini_quality import balanced_indices
+
+    labels = np.array([0] * 50 + [1, 2, 3] * 4 + [0] * 5)
+    idx = balanced_indices(labels, 4, 10)
+    assert np.bincount(labels[idx], minlength=4).tolist() == [4, 4, 4, 4]
+    assert idx[:4].tolist() == [0, 1, 2, 3] and idx[4:8].tolist() == [50, 53, 56, 59]
+    assert np.bincount(labels[balanced_indices(labels, 4, 2)]).tolist() == [2, 2, 2, 2]
 
 
 def test_mini_quality_makes_its_out_folder_before_any_work(tmp_path):
