@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from statistics import median
 
+from personify.methods import get_method
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "personify" / "assets"
 METHODS = ("dreambooth", "lora", "textual_inversion")
@@ -51,7 +53,7 @@ SCRIPTS = {
     "lora": "examples/dreambooth/train_dreambooth_lora.py",
     "textual_inversion": "examples/textual_inversion/textual_inversion.py",
 }
-LR = {"dreambooth": 1e-4, "lora": 1e-3, "textual_inversion": 5e-3}  # personify's defaults, used on both sides
+LR = {m: get_method(m).Config.learning_rate for m in METHODS}  # personify's defaults, used on both sides
 TARGET_SPEED, TARGET_MEMORY = 2.0, 0.7
 
 # argv: BOOT STATS_FILE (SCRIPT.py | -m MODULE) ARGS...
