@@ -70,7 +70,6 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
-@torch.no_grad()
 def balanced_indices(labels: np.ndarray, k: int, n: int) -> np.ndarray:
     """The first `n` indices of each label 0..k-1, `n` cut to the rarest label's count: a set whose
     plain accuracy is the balanced accuracy (mean per-label recall)."""
@@ -78,6 +77,7 @@ def balanced_indices(labels: np.ndarray, k: int, n: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == c)[:n] for c in range(k)])
 
 
+@torch.no_grad()  # 1,000 images' encode/decode graphs would hold ~20 GB
 def vae_roundtrip(vae, x01: torch.Tensor, batch: int = 100) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> the VAE's reconstruction (posterior mean), same range."""
     out = []
