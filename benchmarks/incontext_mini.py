@@ -388,7 +388,7 @@ def main() -> int:
             "demos": demos_used, "summary": summary, "stylization": style, "side_by_side": side, "notes": notes}
     (out / "incontext.json").write_text(json.dumps(data, indent=1, default=str))
     if not args.no_doc:
-        print(f"wrote {write_section('incontext', chr(10).join(L), args.doc)}")
+        print(f"wrote {write_section('incontext', chr(10).join(L), args.doc, notes=Path(__file__).with_suffix('.md'))}")
     else:
         print("\n".join(L))
     return 0
