@@ -103,3 +103,19 @@ def test_simple_commands_print_paths_not_result_objects(monkeypatch, tmp_path, c
         assert C.main(["seedselect", "--images", str(tmp_path), "--prompt", "a photo of a dog"]) == 0
         out = capsys.readouterr().out
         assert ("seedselect: wrote" in out) is shown and "xxxx" not in out
+
+
+def test_help_shows_each_methods_own_defaults(capsys):
+    """Flags' argparse defaults are suppressed (config-file layering), so --help states the dataclass
+    defaults itself — each method's own (LoRA's learning rate is not DreamBooth's)."""
+    from personify.methods import get_method
+
+    for method in ("dreambooth", "lora"):
+        try:
+            main(["train", "--method", method, "--help"])
+        except SystemExit:
+            pass
+        text = " ".join(capsys.readouterr().out.split())
+        lr = get_method(method).Config.learning_rate
+        assert f"(default: {lr:g})" in text, method
+        assert "(default: False)" in text  # booleans too (e.g. --train-text-encoder)

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if f.name in skip or not f.init or f.metadata.get("cli") is False:
             continue
         tp, _ = _unwrap_optional(hints[f.name])
-        kw: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS, "dest": f.name}
+        kw: dict[str, Any] = {"help": _help_with_default(f), "default": argparse.SUPPRESS, "dest": f.name}
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) in (list, tuple):
@@ -59,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             kw["type"] = _scalar_type(tp)
         names = [_flag(f.name)] + (["--" + f.name] if "_" in f.name else [])  # --max-steps and --max_steps
         group.add_argument(*names, **kw)
+
+
+def _help_with_default(f: dataclasses.Field) -> str:
+    """The field's help plus its default (the flags' argparse defaults are SUPPRESSed, so argparse cannot
+    show them); left out where the help already explains the default or there is no plain one."""
+    text = f.metadata.get("help", "")
+    if f.default is dataclasses.MISSING or f.default in (None, "", ()) or "default" in text:
+        return text
+    shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+    return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 def _scalar_type(tp: Any):
