@@ -156,7 +156,6 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
     sid = test["style_id"] + 1  # 0 = photo
     idx = balanced_indices(sid, len(styles), 150)
     res["style_obeyed_real_ceiling"] = float((zero_shot(ev, _u8(test["images"][idx]), st_prompts) == torch.from_numpy(sid[idx]).long()).float().mean())
-    res["style_obeyed_real_unbalanced"] = float((zero_shot(ev, _u8(test["images"][:3000]), st_prompts) == torch.from_numpy(sid[:3000]).long()).float().mean())
 
     # Fréchet distance on test captions vs the renders they describe.
     pick = rng.choice(len(test["captions"]), size=min(fd_n, len(test["captions"])), replace=False)
