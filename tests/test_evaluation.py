@@ -166,6 +166,43 @@ def test_style_ceiling_set_is_balanced_like_the_generated_set():
     assert np.bincount(labels[balanced_indices(labels, 4, 2)]).tolist() == [2, 2, 2, 2]
 
 
+
+class _StyleReader(torch.nn.Module):
+    """A fake CLIP that reads the style from the red channel (0, 85, 170, 255 = photo, sketch, pixel
+    art, watercolor) and embeds prompt k as the k-th unit vector."""
+
+    def image(self, x):
+        return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 3).round().long(), 4).float()
+
+    def text(self, prompts):
+        return torch.eye(4)[: len(prompts)]
+
+
+def test_real_style_confusion_rows_are_true_styles():
+    """The style ceiling's confusion matrix: balanced rows (per_style each), rows = truth, columns = the
+    zero-shot choice; a render whose pixels say "watercolor" but whose label says "photo" lands in (0, 3)."""
+    from personify.evaluation.dreambench import Evaluator
+    from personify.evaluation.mini_quality import real_style_confusion
+
+    style_id = np.array([-1] * 8 + [0, 1, 2] * 3)  # -1 = photo
+    images = np.zeros((len(style_id), 4, 4, 3), np.uint8)
+    images[..., 0] = ((style_id + 1) * 85)[:, None, None]
+    images[1, ..., 0] = 255  # the second photo looks like a watercolor
+    cm = real_style_confusion(Evaluator(_StyleReader(), None), {"styles": ["sketch", "pixel art", "watercolor"]},
+                              {"style_id": style_id, "images": images}, per_style=3)
+    assert cm.tolist() == [[2, 0, 0, 1], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]
+
+
+def test_evaluator_quality_auc():
+    """benchmarks/evaluator_quality.py's pair AUC: 1 when every positive outscores every negative, 0 when
+    reversed, ties count half."""
+    from conftest import load_benchmark
+
+    auc = load_benchmark("evaluator_quality").auc
+    assert auc(np.array([0.9, 0.8]), np.array([0.1, 0.2, 0.3])) == 1.0
+    assert auc(np.array([0.1]), np.array([0.5, 0.6])) == 0.0
+    assert auc(np.array([0.5, 0.9]), np.array([0.5, 0.1])) == 0.875  # (0.5 + 1 + 1 + 1) / 4
+
 def test_mini_quality_makes_its_out_folder_before_any_work(tmp_path):
     """A new --out folder is created up front (a run once lost minutes of sampling to a missing one)."""
     from personify.errors import PersonifyError
