@@ -9,6 +9,8 @@ generated ones, so picking an evaluator by these numbers cannot flatter the gene
 - CLIP zero-shot style on real renders, balanced 150 per style (the ceiling of mini_quality's "style
   obeyed"), with the per-style recall;
 - CLIP zero-shot background on 3,000 unstyled real renders (the ceiling of "background obeyed");
+  both with the prompts naming each render's class (mini_quality's measure since session 9) and with
+  the older "something" wording (`_something`);
 - CLIP zero-shot class: "a photo of a {class}" over the 50 most frequent classes, real renders of them;
 - subject separation on mini-DreamBench (30 held-out subjects, 4-6 photos each): the AUC with which the
   cosine of an image pair tells same-subject pairs from different-subject pairs (Mann-Whitney), for
@@ -69,11 +71,12 @@ def measure(root: Path, meta: dict, test: dict) -> dict[str, float]:
     ev = Evaluator(load_clip(root / "clip"), load_dino(root / "dino"))
     t0 = time.time()
     res: dict[str, float] = {}
-    cm = real_style_confusion(ev, meta, test)
-    res["style_real"] = float(cm.trace() / cm.sum())
-    for i, name in enumerate(style_prompts(meta)[0]):
-        res[f"style_recall_{name.replace(' ', '_')}"] = float(cm[i, i] / cm[i].sum())
-    res["background_real"] = real_background_accuracy(ev, meta, test)
+    for key, named in (("", True), ("_something", False)):
+        cm = real_style_confusion(ev, meta, test, named=named)
+        res[f"style_real{key}"] = float(cm.trace() / cm.sum())
+        for i, name in enumerate(style_prompts(meta)[0]):
+            res[f"style_recall_{name.replace(' ', '_')}{key}"] = float(cm[i, i] / cm[i].sum())
+        res[f"background_real{key}"] = real_background_accuracy(ev, meta, test, named=named)
     head = list(meta["head"][:50])
     pos = {meta["classes"].index(h): k for k, h in enumerate(head)}  # class id -> prompt index
     idx = np.flatnonzero(np.isin(test["class_id"], list(pos)))[:3000]
@@ -100,10 +103,10 @@ def main() -> None:
     meta, test = load_meta(), load_split("test")
     ref = Path(a.reference) if a.reference else default_evaluator_path("clip").parent
     runs = {"reference": measure(ref, meta, test), "candidate": measure(Path(a.candidate), meta, test)}
-    print(f"{'measure':32s} {'reference':>10s} {'candidate':>10s} {'diff':>8s}")
+    print(f"{'measure':36s} {'reference':>10s} {'candidate':>10s} {'diff':>8s}")
     for k in runs["reference"]:
         r, c = runs["reference"][k], runs["candidate"][k]
-        print(f"{k:32s} {r:10.3f} {c:10.3f} {c - r:+8.3f}")
+        print(f"{k:36s} {r:10.3f} {c:10.3f} {c - r:+8.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"reference": str(ref), "candidate": a.candidate, **runs}, indent=1))
 

@@ -174,7 +174,12 @@ class _StyleReader(torch.nn.Module):
     def image(self, x):
         return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 3).round().long(), 4).float()
 
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
     def text(self, prompts):
+        self.prompts += prompts
         return torch.eye(4)[: len(prompts)]
 
 
@@ -188,9 +193,15 @@ def test_real_style_confusion_rows_are_true_styles():
     images = np.zeros((len(style_id), 4, 4, 3), np.uint8)
     images[..., 0] = ((style_id + 1) * 85)[:, None, None]
     images[1, ..., 0] = 255  # the second photo looks like a watercolor
-    cm = real_style_confusion(Evaluator(_StyleReader(), None), {"styles": ["sketch", "pixel art", "watercolor"]},
-                              {"style_id": style_id, "images": images}, per_style=3)
-    assert cm.tolist() == [[2, 0, 0, 1], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]
+    reader = _StyleReader()
+    meta = {"styles": ["sketch", "pixel art", "watercolor"], "classes": ["dog", "owl"]}
+    test = {"style_id": style_id, "images": images, "class_id": np.arange(len(style_id)) % 2}
+    for named in (True, False):
+        cm = real_style_confusion(Evaluator(reader, None), meta, test, per_style=3, named=named)
+        assert cm.tolist() == [[2, 0, 0, 1], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]
+    # named: each image is asked about its own class; otherwise the old placeholder word
+    assert {"a photo of a dog", "a pencil sketch of an owl", "a watercolor painting of a dog"} <= set(reader.prompts)
+    assert "a photo of something" in reader.prompts and not any("something" in p for p in reader.prompts[:8])
 
 
 def test_evaluator_quality_auc():
