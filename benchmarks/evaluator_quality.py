@@ -108,7 +108,7 @@ def main() -> None:
         r, c = runs["reference"][k], runs["candidate"][k]
         print(f"{k:36s} {r:10.3f} {c:10.3f} {c - r:+8.3f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"reference": str(ref), "candidate": a.candidate, **runs}, indent=1))
+        Path(a.json).write_text(json.dumps({"reference_dir": str(ref), "candidate_dir": a.candidate, **runs}, indent=1))
 
 
 if __name__ == "__main__":
