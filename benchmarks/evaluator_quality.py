@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy.stats import rankdata
 
+from personify.data.images import load_rgb
 from personify.evaluation.dreambench import Evaluator, load_mini
 from personify.evaluation.encoders import load_clip, load_dino
 from personify.evaluation.mini_quality import _u8, features, real_background_accuracy, real_style_confusion, style_prompts, zero_shot
@@ -49,7 +49,7 @@ def subject_separation(ev: Evaluator) -> dict[str, float]:
     images, subj, cls = [], [], []
     for s in bench.subjects.values():
         for p in s.images:
-            images.append(Image.open(p).convert("RGB"))
+            images.append(load_rgb(p))
             subj.append(s.name)
             cls.append(s.class_word)
     subj, cls = np.array(subj), np.array(cls)
@@ -99,7 +99,6 @@ def main() -> None:
     ap.add_argument("--reference", default=None, help="folder with clip/ and dino/ (default: the shipped evaluators)")
     ap.add_argument("--json", default=None, help="write both runs' numbers here")
     a = ap.parse_args()
-    torch.manual_seed(0)
     meta, test = load_meta(), load_split("test")
     ref = Path(a.reference) if a.reference else default_evaluator_path("clip").parent
     runs = {"reference": measure(ref, meta, test), "candidate": measure(Path(a.candidate), meta, test)}
