@@ -328,3 +328,33 @@ def test_shipped_weights_fit_the_budget():
     folders = {f.relative_to(assets).parts[1] for f in files}
     assert {"unet", "vae", "text_encoder", "clip", "dino", "classifier"} <= folders, folders
     assert sum(f.stat().st_size for f in files) <= 60_000_000
+
+
+def test_unet_init_from_continues_a_trained_unet(trained, world, tmp_path):
+    """init_from starts the UNet stage (weights and EMA) from a trained UNet folder, e.g. to carry it over to
+    a new VAE's latents; a missing folder or a text-encoder width mismatch is one clear error."""
+    from diffusers import UNet2DConditionModel
+
+    from personify.mini.train import main
+
+    root, _ = trained
+    src = root / "unet" / "model"
+    kw = dict(world_dir=str(world), **COMMON, **TINY_UNET, clip_dir=str(root / "clip" / "model"),
+              vae_dir=str(root / "vae" / "model"), lr=1e-6)
+    main(UnetConfig(run_root=str(tmp_path / "init"), max_steps=1, init_from=str(src), **kw))
+    main(UnetConfig(run_root=str(tmp_path / "fresh"), max_steps=1, seed=1, **kw))
+    ref = UNet2DConditionModel.from_pretrained(str(src)).state_dict()
+
+    def gap(run):
+        new = UNet2DConditionModel.from_pretrained(str(tmp_path / run / "unet" / "model")).state_dict()
+        return max((new[k] - ref[k]).abs().max().item() for k in ref)
+
+    assert gap("init") < 1e-4 < gap("fresh")  # one step at lr 1e-6 from the source vs a random start
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        main(UnetConfig(run_root=str(tmp_path / "x"), max_steps=1, init_from=str(tmp_path / "missing"), **kw))
+    bad = tmp_path / "bad"
+    UNet2DConditionModel.from_pretrained(str(src)).save_pretrained(str(bad))
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "cross_attention_dim": cfg["cross_attention_dim"] + 1}))
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        main(UnetConfig(run_root=str(tmp_path / "y"), max_steps=1, init_from=str(bad), **kw))

@@ -170,6 +170,7 @@ class UnetConfig(StageConfig):
     clip_dir: str = field(default="", metadata=_h("Trained CLIP folder (text encoder + tokenizer); empty = <run_root>/clip/model."))
     vae_dir: str = field(default="", metadata=_h("Trained VAE folder; empty = <run_root>/vae/model."))
     latent_size: int = field(default=8, metadata=_h("Latent side (64 px / 8)."))
+    init_from: str = field(default="", metadata=_h("Start from this UNet2DConditionModel folder (weights and EMA; the optimizer starts fresh) instead of random weights; its architecture replaces the size fields above. For carrying a trained UNet over to a new VAE's latent space (set vae_dir) without training from scratch."))
     lr: float = field(default=2e-4, metadata=_h("AdamW peak learning rate."))
     weight_decay: float = field(default=0.0, metadata=_h("AdamW weight decay."))
     max_steps: int = field(default=20000, metadata=_h("Total optimisation steps; re-run with a larger value to continue."))

@@ -142,6 +142,22 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int):
     )
 
 
+def load_or_build_unet(cfg: UnetConfig, cross_attention_dim: int):
+    """The UNet a stage trains: ``cfg.init_from`` when set (continuing a trained UNet), else a fresh one."""
+    if not cfg.init_from:
+        return build_unet(cfg, cross_attention_dim)
+    from diffusers import UNet2DConditionModel
+
+    folder = Path(cfg.init_from).expanduser()
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no UNet2DConditionModel folder (config.json) to start from; fix init_from")
+    dim = UNet2DConditionModel.load_config(str(folder)).get("cross_attention_dim")
+    if dim != cross_attention_dim:
+        raise ValueError(f"{folder}: cross_attention_dim {dim} does not match the text encoder's width "
+                         f"{cross_attention_dim}; fix init_from or clip_dir")
+    return UNet2DConditionModel.from_pretrained(str(folder)).float()
+
+
 def build_train_scheduler(cfg: UnetConfig):
     """DDPM training scheduler, epsilon prediction (the SD recipe)."""
     from diffusers import DDPMScheduler
