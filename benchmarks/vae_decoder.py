@@ -19,6 +19,12 @@ once (same seeds as ``personify.evaluation.mini_quality``, so the shipped row re
 A decoder fine-tuned with its encoder frozen (``personify mini train --stage vae --no-train-encoder``)
 keeps the latent space, so the same UNet applies to every row; the script checks that the
 scaling_factors agree and refuses otherwise.
+
+``--autoencoder NAME=FOLDER`` adds whole autoencoders with a latent space of their own (a retrained
+encoder): no UNet was trained on it yet, so they get the round-trip columns only, plus ``latent_drift``,
+the RMS difference of their scaled latents from the generator VAE's, relative to the latter's RMS (how far
+a UNet continued from the generator's must move). ``--downsample F`` adds reference rows: the real images
+area-downsampled by F and upsampled back (F = 8 keeps 8x8x3 numbers, a 8x8x4 latent keeps 8x8x4).
 """
 from __future__ import annotations
 
@@ -34,7 +40,11 @@ from PIL import Image
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--decoder", action="append", required=True, metavar="NAME=VAE_FOLDER")
+    ap.add_argument("--decoder", action="append", default=[], metavar="NAME=VAE_FOLDER")
+    ap.add_argument("--autoencoder", action="append", default=[], metavar="NAME=VAE_FOLDER",
+                    help="a whole VAE with its own latent space: round-trip columns and latent drift only")
+    ap.add_argument("--downsample", action="append", type=int, default=[], metavar="F",
+                    help="reference row: real images area-downsampled by F, upsampled back (bilinear)")
     ap.add_argument("--model", default="mini", help="generator whose UNet samples the latents")
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--n-real", type=int, default=1000)
@@ -56,12 +66,19 @@ def main() -> None:
     from personify.world import load_meta, load_split
 
     torch.set_num_threads(1)
-    decoders = {}
-    for spec in args.decoder:
-        name, _, path = spec.partition("=")
-        if not path or not (Path(path) / "config.json").exists():
-            raise SystemExit(f"--decoder {spec}: expected NAME=FOLDER with an AutoencoderKL config.json")
-        decoders[name] = AutoencoderKL.from_pretrained(path).float().eval()
+    if not args.decoder and not args.autoencoder:
+        raise SystemExit("nothing to compare: give --decoder and/or --autoencoder NAME=FOLDER")
+
+    def load_vaes(specs: list[str], flag: str) -> dict:
+        out = {}
+        for spec in specs:
+            name, _, path = spec.partition("=")
+            if not path or not (Path(path) / "config.json").exists():
+                raise SystemExit(f"{flag} {spec}: expected NAME=FOLDER with an AutoencoderKL config.json")
+            out[name] = AutoencoderKL.from_pretrained(path).float().eval()
+        return out
+
+    decoders, autoencoders = load_vaes(args.decoder, "--decoder"), load_vaes(args.autoencoder, "--autoencoder")
     pipe = personify.load_pipeline(args.model)
     sf = {n: v.config.scaling_factor for n, v in decoders.items()}
     if len({round(v, 6) for v in sf.values()} | {round(pipe.vae.config.scaling_factor, 6)}) != 1:
@@ -90,48 +107,76 @@ def main() -> None:
     with torch.no_grad():
         subj_dino, subj_clip = ev.dino.image(subj), ev.clip.image(subj)
 
-    t0 = time.time()
-    with torch.no_grad():
-        z0 = generate_latents(pipe, prompts, [args.seed + i for i in range(len(prompts))], steps=25)
-    print(f"sampled {len(z0)} latents in {time.time() - t0:.0f} s", flush=True)
+    def roundtrip_row(fn) -> dict:
+        """Round-trip columns for `fn`: (N, 3, H, W) in [0, 1] -> its reconstruction."""
+        with torch.no_grad():
+            rec, srec = fn(real), fn(subj)
+            s_dino = float((ev.dino.image(srec) * subj_dino).sum(-1).mean())
+            s_clip = float((ev.clip.image(srec) * subj_clip).sum(-1).mean())
+        mse = torch.mean((rec - real) ** 2).item()
+        return {
+            "vae_ceiling_top1": float((classify(clf, rec) == real_y).float().mean()),
+            "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+            "subject_dino_rt": s_dino,
+            "subject_clip_i_rt": s_clip,
+            **{f"{c}_vae_ceiling_top1": float((classify(m, rec) == real_y).float().mean()) for c, m in extra.items()},
+        }
+
+    @torch.no_grad()
+    def scaled_latents(vae) -> torch.Tensor:  # (N, C, h, w): what the UNet sees
+        return torch.cat([vae.encode(real[s:s + 100] * 2 - 1).latent_dist.mean for s in range(0, len(real), 100)]) * vae.config.scaling_factor
 
     rows = {}
+    if decoders:
+        t0 = time.time()
+        with torch.no_grad():
+            z0 = generate_latents(pipe, prompts, [args.seed + i for i in range(len(prompts))], steps=25)
+        print(f"sampled {len(z0)} latents in {time.time() - t0:.0f} s", flush=True)
     for name, vae in decoders.items():
         with torch.no_grad():
             imgs = latents_to_images(vae, z0)
-            rec = vae_roundtrip(vae, real)
-            srec = vae_roundtrip(vae, subj)
-            s_dino = float((ev.dino.image(srec) * subj_dino).sum(-1).mean())
-            s_clip = float((ev.clip.image(srec) * subj_clip).sum(-1).mean())
         gen = _u8(imgs)
-        mse = torch.mean((rec - real) ** 2).item()
         rows[name] = {
             "gen_top1": float((classify(clf, gen) == target).float().mean()),
-            "vae_ceiling_top1": float((classify(clf, rec) == real_y).float().mean()),
-            "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
             "frechet": frechet(features(ev, gen), real_feat),
-            "subject_dino_rt": s_dino,
-            "subject_clip_i_rt": s_clip,
+            **roundtrip_row(lambda x, vae=vae: vae_roundtrip(vae, x)),
             **{f"{c}_gen_top1": float((classify(m, gen) == target).float().mean()) for c, m in extra.items()},
-            **{f"{c}_vae_ceiling_top1": float((classify(m, rec) == real_y).float().mean()) for c, m in extra.items()},
         }
         if args.grid:
             Path(args.grid).mkdir(parents=True, exist_ok=True)
             contact_sheet(imgs[:: args.per_class], cols=10).save(Path(args.grid) / f"vae_decoder_{name}.png")
+    z_gen = scaled_latents(pipe.vae) if autoencoders else None
+    for name, vae in autoencoders.items():
+        rows[name] = roundtrip_row(lambda x, vae=vae: vae_roundtrip(vae, x))
+        z = scaled_latents(vae)
+        if z.shape == z_gen.shape:
+            rows[name]["latent_drift"] = float((z - z_gen).pow(2).mean().sqrt() / z_gen.pow(2).mean().sqrt())
+    for f in args.downsample:
+        rows[f"area/{f}"] = roundtrip_row(lambda x, f=f: torch.nn.functional.interpolate(
+            torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="area"), size=x.shape[-2:], mode="bilinear",
+            align_corners=False).clamp(0, 1))
     rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean()),
                      **{f"{c}_vae_ceiling_top1": float((classify(m, real) == real_y).float().mean()) for c, m in extra.items()}}
 
-    ref = next(iter(decoders))
-    print(f"{'decoder':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}{'subj DINO rt':>13}{'subj CLIP-I rt':>15}   ratios vs {ref}")
-    for name in decoders:
-        r, b = rows[name], rows[ref]
-        print(f"{name:<14}{r['gen_top1']:>10.1%}{r['vae_ceiling_top1']:>13.1%}{r['psnr_db']:>9.2f}{r['frechet']:>9.4f}"
-              f"{r['subject_dino_rt']:>13.3f}{r['subject_clip_i_rt']:>15.3f}"
-              f"   top-1 x{r['gen_top1'] / max(b['gen_top1'], 1e-9):.2f}, Fréchet x{r['frechet'] / b['frechet']:.2f}")
+    names = [n for n in rows if n != "_real"]
+    ref = next(iter(decoders), None)
+    print(f"{'row':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}{'subj DINO rt':>13}{'subj CLIP-I rt':>15}"
+          f"{'drift':>7}" + (f"   ratios vs {ref}" if ref else ""))
+    for name in names:
+        r = rows[name]
+        gen = f"{r['gen_top1']:>10.1%}" if "gen_top1" in r else f"{'-':>10}"
+        fd = f"{r['frechet']:>9.4f}" if "frechet" in r else f"{'-':>9}"
+        drift = f"{r['latent_drift']:>7.2f}" if "latent_drift" in r else f"{'-':>7}"
+        ratio = ""
+        if ref and "gen_top1" in r:
+            b = rows[ref]
+            ratio = f"   top-1 x{r['gen_top1'] / max(b['gen_top1'], 1e-9):.2f}, Fréchet x{r['frechet'] / b['frechet']:.2f}"
+        print(f"{name:<14}{gen}{r['vae_ceiling_top1']:>13.1%}{r['psnr_db']:>9.2f}{fd}"
+              f"{r['subject_dino_rt']:>13.3f}{r['subject_clip_i_rt']:>15.3f}{drift}{ratio}")
     print(f"{'real renders':<14}{'':>10}{rows['_real']['vae_ceiling_top1']:>13.1%}")
     for c in extra:  # the same decoded images, judged by another classifier
-        print(f"classifier {c}: " + "; ".join(f"{n} gen {rows[n][c + '_gen_top1']:.1%}, VAE ceiling {rows[n][c + '_vae_ceiling_top1']:.1%}"
-                                              for n in decoders) + f"; real renders {rows['_real'][c + '_vae_ceiling_top1']:.1%}")
+        print(f"classifier {c}: " + "; ".join(f"{n} gen {rows[n].get(c + '_gen_top1', float('nan')):.1%}, VAE ceiling {rows[n][c + '_vae_ceiling_top1']:.1%}"
+                                              for n in names) + f"; real renders {rows['_real'][c + '_vae_ceiling_top1']:.1%}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
