@@ -24,7 +24,8 @@ scaling_factors agree and refuses otherwise.
 encoder): no UNet was trained on it yet, so they get the round-trip columns only, plus ``latent_drift``,
 the RMS difference of their scaled latents from the generator VAE's, relative to the latter's RMS (how far
 a UNet continued from the generator's must move). ``--downsample F`` adds reference rows: the real images
-area-downsampled by F and upsampled back (F = 8 keeps 8x8x3 numbers, a 8x8x4 latent keeps 8x8x4).
+area-downsampled by F and upsampled back (F = 8 keeps 8x8x3 numbers, a 8x8x4 latent keeps 8x8x4);
+``--blur SIGMA`` rows Gaussian-blur them (how much of a round trip's loss is the classifier's fragility).
 """
 from __future__ import annotations
 
@@ -35,7 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C, H, W) -> the same blurred by a separable Gaussian (radius 3 sigma, reflected borders)."""
+    r = max(1, round(3 * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
+    k, c = k / k.sum(), x.shape[1]
+    x = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def main() -> None:
@@ -45,6 +55,8 @@ def main() -> None:
                     help="a whole VAE with its own latent space: round-trip columns and latent drift only")
     ap.add_argument("--downsample", action="append", type=int, default=[], metavar="F",
                     help="reference row: real images area-downsampled by F, upsampled back (bilinear)")
+    ap.add_argument("--blur", action="append", type=float, default=[], metavar="SIGMA",
+                    help="reference row: real images Gaussian-blurred with this sigma in pixels (how fragile the classifier is)")
     ap.add_argument("--model", default="mini", help="generator whose UNet samples the latents")
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--n-real", type=int, default=1000)
@@ -58,6 +70,7 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     import personify
+    from personify.data.images import load_rgb
     from personify.evaluation.dreambench import Evaluator, load_mini, pixels
     from personify.evaluation.encoders import load_clip, load_dino
     from personify.evaluation.mini_quality import _u8, classify, features, frechet, load_classifier, vae_roundtrip
@@ -103,7 +116,7 @@ def main() -> None:
     real = _u8(test["images"][mask][: args.n_real])
     real_y = torch.from_numpy(test["class_id"][mask][: args.n_real]).long()
     real_feat = features(ev, real)
-    subj = pixels([Image.open(p) for s in load_mini().subjects.values() for p in s.images])  # (N, 3, 64, 64) in [0, 1]
+    subj = pixels([load_rgb(p) for s in load_mini().subjects.values() for p in s.images])  # (N, 3, 64, 64) in [0, 1]
     with torch.no_grad():
         subj_dino, subj_clip = ev.dino.image(subj), ev.clip.image(subj)
 
@@ -155,6 +168,8 @@ def main() -> None:
         rows[f"area/{f}"] = roundtrip_row(lambda x, f=f: torch.nn.functional.interpolate(
             torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="area"), size=x.shape[-2:], mode="bilinear",
             align_corners=False).clamp(0, 1))
+    for sigma in args.blur:
+        rows[f"blur/{sigma:g}"] = roundtrip_row(lambda x, sigma=sigma: gaussian_blur(x, sigma))
     rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean()),
                      **{f"{c}_vae_ceiling_top1": float((classify(m, real) == real_y).float().mean()) for c, m in extra.items()}}
 
