@@ -162,6 +162,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--unet-lr", type=float, default=0.0)
     ap.add_argument("--t-demo", type=int, default=50)
+    ap.add_argument("--generic-p", type=float, default=0.0, help="fraction of training clusters captioned 'animal'/'object' instead of their class word")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--init", help="warm-start the apprentice from this file (e.g. the one shipped for the previous base model)")
     ap.add_argument("--weights", help="score this apprentice file instead of training")
@@ -202,11 +203,11 @@ def main() -> int:
         weights = Path(args.weights)
     else:
         cfg = ApprenticeTrainConfig(model=args.model, out=args.train_out, steps=args.train_steps, batch_size=args.batch_size,
-                                    n_demos=args.n_demos, lr=args.lr, unet_lr=args.unet_lr, t_demo=args.t_demo,
+                                    n_demos=args.n_demos, lr=args.lr, unet_lr=args.unet_lr, t_demo=args.t_demo, generic_p=args.generic_p,
                                     save_every=args.save_every, device="cpu", init=args.init)
         t0 = time.time()
         weights = train_main(cfg)
-        train = {"config": {k: getattr(cfg, k) for k in ("steps", "batch_size", "n_demos", "lr", "unet_lr", "t_demo", "init")},
+        train = {"config": {k: getattr(cfg, k) for k in ("steps", "batch_size", "n_demos", "lr", "unet_lr", "t_demo", "generic_p", "init")},
                  "this_call_wall_s": round(time.time() - t0, 1), **train_log_summary(Path(args.train_out) / "log.jsonl")}
         print("train:", json.dumps(train))
     if args.ship:
@@ -317,6 +318,7 @@ def main() -> int:
         L += [f"Training (`personify.incontext.train`, ground-truth sprite clusters of the mini world, {'adapter + UNet' if c['unet_lr'] else 'demo-attention adapter only, UNet frozen'}): "
               f"{train.get('steps')} steps × batch {c['batch_size']} × K={c['n_demos']} demos, lr {c['lr']:g}"
               + (f", UNet lr {c['unet_lr']:g}" if c["unet_lr"] else "") + f", t_demo {c['t_demo']}"
+              + (f", {c['generic_p']:.0%} of clusters captioned with a generic word" if c.get("generic_p") else "")
               + (f", warm-started from `{c['init']}`" if c.get("init") else "") + "; "
               f"{train.get('seconds', 0):.0f} s of training ({train.get('s_per_step', 0):.2f} s/step), "
               f"training loss (ε-MSE at random timesteps, mean of the first / last {train.get('loss_window')} steps) "

@@ -188,6 +188,24 @@ def test_sprite_clusters_pretraining_families_only_and_deterministic():
     assert {cl[i].word for i in range(len(cl))} == {"dog", "cat"}
 
 
+def test_sprite_clusters_generic_captions_hide_the_class_word_only():
+    sprites = {**_fake_sprites(), "animal": np.array([True, False, True])}
+    plain = SpriteClusters(n_demos=2, seed=0, sprites=sprites)
+    every = SpriteClusters(n_demos=2, seed=0, sprites=sprites, generic_p=1.0)
+    for i, generic in enumerate(["animal", "object"]):  # dog is an animal, cat is not (in this fake)
+        a, b = plain[i], every[i]
+        assert np.array_equal(a.target_image, b.target_image) and np.array_equal(a.demo_images, b.demo_images)
+        caps = [*b.demo_captions, b.target_caption]
+        assert all(generic in c and a.word not in c for c in caps), caps
+        assert b.word == a.word  # the cluster still knows its subject
+    half = SpriteClusters(n_demos=2, seed=0, sprites=sprites, generic_p=0.5)
+    words = [half.caption_word(i) for i in range(200)]  # indices past len() are further renders
+    assert 0.35 < np.mean([w in ("animal", "object") for w in words]) < 0.65
+    assert [half[i].target_caption for i in range(2)] == [half[i].target_caption for i in range(2)]
+    with pytest.raises(PersonifyError, match="generic_p"):
+        SpriteClusters(sprites=sprites, generic_p=1.5)
+
+
 def test_train_main_resumes_and_weights_load(tmp_path, pipe):
     clusters = SpriteClusters(n_demos=2, seed=0, sprites=_fake_sprites())
     cfg = ApprenticeTrainConfig(model="tiny", out=str(tmp_path), steps=2, batch_size=2, n_demos=2, save_every=1, lr=1e-2, device="cpu")

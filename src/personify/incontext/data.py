@@ -55,10 +55,21 @@ def render_sprite(rng: np.random.Generator, sprite: np.ndarray, word: str, bg_id
     return np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8), text
 
 
-class SpriteClusters:
-    """Deterministic cluster sampler over the pretraining sprites: `clusters[i]` is the same every time."""
+# Words that name a sprite's kind without naming the sprite (see `SpriteClusters.generic_p`).
+GENERIC_WORDS = {True: "animal", False: "object"}
 
-    def __init__(self, cache_dir: str | Path | None = None, n_demos: int = 3, seed: int = 0, sprites=None):
+
+class SpriteClusters:
+    """Deterministic cluster sampler over the pretraining sprites: `clusters[i]` is the same every time.
+
+    `generic_p`: the fraction of clusters whose captions (demos and target) say "animal"/"object"
+    instead of the sprite's class word. The pretraining sprites are the base model's own classes, so
+    with the word in the caption the base UNet already draws the target's sprite and the demos have
+    little left to explain (the loss stays flat); with a generic word only the demos say which sprite
+    it is, which is the held-out case: a "dog" the base model has never drawn."""
+
+    def __init__(self, cache_dir: str | Path | None = None, n_demos: int = 3, seed: int = 0, sprites=None,
+                 generic_p: float = 0.0):
         from ..world.fetch import HELDOUT_FAMILY
         from ..world.render import trim
 
@@ -71,7 +82,7 @@ class SpriteClusters:
             if not path.is_file():
                 raise PersonifyError(f"{path}: sprite cache missing; run `personify world build` first")
             with np.load(path) as z:
-                sprites = {k: z[k] for k in ("rgba", "word", "family")}
+                sprites = {k: z[k] for k in ("rgba", "word", "family", "animal")}
         fam = np.asarray(sprites["family"])
         keep = np.nonzero(fam != HELDOUT_FAMILY[0])[0]  # never the held-out Fluent family
         if len(keep) == 0:
@@ -80,8 +91,19 @@ class SpriteClusters:
         self.rgba = sprites["rgba"]
         self.words = [str(w) for w in sprites["word"]]
         self.family = fam
+        self.animal = np.asarray(sprites["animal"], bool) if "animal" in sprites else np.zeros(len(fam), bool)
+        if not 0.0 <= generic_p <= 1.0:
+            raise PersonifyError(f"generic_p must be in [0, 1], got {generic_p}")
         self._trim = trim
-        self.n_demos, self.seed = int(n_demos), int(seed)
+        self.n_demos, self.seed, self.generic_p = int(n_demos), int(seed), float(generic_p)
+
+    def caption_word(self, i: int) -> str:
+        """The word cluster i's captions use: its class word, or a generic one (own random stream, so
+        generic_p = 0 renders exactly what it always did)."""
+        idx = int(self.index[i % len(self.index)])
+        if self.generic_p > 0 and np.random.default_rng([self.seed, int(i), 1]).random() < self.generic_p:
+            return GENERIC_WORDS[bool(self.animal[idx])]
+        return self.words[idx]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -98,7 +120,8 @@ class SpriteClusters:
         idx = int(self.index[i % len(self.index)])
         sprite = self._trim(self.rgba[idx])
         bgs = [int(b) for b in rng.choice(np.arange(-1, len(BACKGROUNDS)), size=self.n_demos + 1, replace=False)]
-        imgs, caps = zip(*(render_sprite(rng, sprite, self.words[idx], b) for b in bgs))
+        word = self.caption_word(i)
+        imgs, caps = zip(*(render_sprite(rng, sprite, word, b) for b in bgs))
         return Cluster(np.stack(imgs[:-1]), list(caps[:-1]), imgs[-1], caps[-1], idx, self.words[idx], bgs)
 
 

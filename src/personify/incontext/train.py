@@ -210,6 +210,7 @@ class ApprenticeTrainConfig(ModelSource):
     unet_lr: float = field(default=0.0, metadata={"help": "learning rate of the whole UNet (0: UNet frozen)"})
     t_demo: int = field(default=50, metadata={"help": "fixed noise level of the demonstrations (0: clean)"})
     experts: str | None = field(default=None, metadata={"help": "folder of expert shards (`personify incontext experts`) to mix in"})
+    generic_p: float = field(default=0.0, metadata={"help": "fraction of ground-truth clusters captioned with a generic word ('animal'/'object') instead of the sprite's class word, so that only the demos say which sprite it is (data.SpriteClusters)"})
     expert_ratio: float = field(default=0.5, metadata={"help": "with --experts: fraction of batch rows that are expert triples (0: ground truth only)"})
     seed: int = field(default=0, metadata={"help": "random seed (clusters, noise, timesteps)"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
@@ -227,6 +228,7 @@ class ApprenticeTrainConfig(ModelSource):
         check(0 <= self.t_demo < 1000, f"t_demo must be in 0..999, got {self.t_demo}")
         check(self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}")
         check(0 <= self.expert_ratio <= 1, f"expert_ratio must be in [0, 1], got {self.expert_ratio}")
+        check(0 <= self.generic_p <= 1, f"generic_p must be in [0, 1], got {self.generic_p}")
 
 
 def expert_triples(cfg: ApprenticeTrainConfig, out: Path, resumed: bool):
@@ -252,7 +254,7 @@ def main(cfg: ApprenticeTrainConfig, clusters=None) -> Path:
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     pipe.personify_latent_cache = LatentCache()
-    clusters = clusters if clusters is not None else SpriteClusters(cfg.world_cache, cfg.n_demos, cfg.seed)
+    clusters = clusters if clusters is not None else SpriteClusters(cfg.world_cache, cfg.n_demos, cfg.seed, generic_p=cfg.generic_p)
     n = min(cfg.n_clusters or len(clusters), len(clusters))
     app = Apprentice(pipe.unet, pipe.scheduler.alphas_cumprod, t_demo=cfg.t_demo)
     opt = make_optimizer(app, cfg.lr, cfg.unet_lr)
