@@ -239,6 +239,50 @@ def test_grown_decoder_starts_as_the_old_vae_and_keeps_its_latents(trained, worl
         VaeConfig(grow_layers=1)
 
 
+def test_widened_latent_starts_as_the_old_vae_then_uses_its_new_channels(trained, world, tmp_path):
+    """grow_latent adds latent channels: the old ones are unchanged and the decoder first ignores the new
+    ones (same reconstructions); after training the decoder reads them."""
+    from diffusers import AutoencoderKL
+
+    from personify.mini.models import widen_latent
+    from personify.mini.train import main
+
+    root, _ = trained
+    base = root / "vae" / "model"
+    old = AutoencoderKL.from_pretrained(str(base)).eval()
+    c = old.config.latent_channels
+    wide = widen_latent(old, c + 4).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        p_old, p_new = old.encode(x).latent_dist, wide.encode(x).latent_dist
+        assert p_new.mean.shape[1] == c + 4
+        assert torch.allclose(p_old.mean, p_new.mean[:, :c], atol=1e-6) and torch.allclose(p_old.std, p_new.std[:, :c], atol=1e-6)
+        assert p_new.mean[:, c:].abs().mean() > 1e-3  # the new channels carry features from the start
+        assert torch.allclose(p_new.std[:, c:], torch.full_like(p_new.std[:, c:], 0.05), atol=1e-4)
+        z = p_new.mean.clone()
+        assert torch.allclose(old.decode(z[:, :c]).sample, wide.decode(z).sample, atol=1e-5)
+        z[:, c:] += 3.0
+        assert torch.allclose(old.decode(z[:, :c]).sample, wide.decode(z).sample, atol=1e-5)  # ignored at first
+    with pytest.raises(ValueError, match="must exceed"):
+        widen_latent(old, c)
+
+    cfg = VaeConfig(run_root=str(tmp_path), world_dir=str(world), max_steps=3, **COMMON, **TINY_VAE,
+                    init_from=str(base), grow_latent=c + 4, lr=1e-2)
+    main(cfg)
+    trained_vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae" / "model")).eval()
+    assert trained_vae.config.latent_channels == c + 4
+    with torch.no_grad():
+        z = trained_vae.encode(x).latent_dist.mean
+        moved = z.clone()
+        moved[:, c:] += 3.0
+        assert not torch.allclose(trained_vae.decode(z).sample, trained_vae.decode(moved).sample, atol=1e-4)
+    main(VaeConfig(**{**cfg.__dict__, "max_steps": 4}))  # resumes into the widened architecture
+    with pytest.raises(ValueError, match="grow_latent"):
+        VaeConfig(grow_latent=8)
+    with pytest.raises(ValueError, match="grow_latent"):
+        VaeConfig(init_from=str(base), grow_latent=8, train_encoder=False)
+
+
 def test_export_roundtrip(trained, tmp_path):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
     from safetensors import safe_open

@@ -127,6 +127,7 @@ class VaeConfig(StageConfig):
     init_from: str = field(default="", metadata=_h("Start from this AutoencoderKL folder (e.g. the shipped VAE) instead of random weights; its architecture replaces the size fields above."))
     train_encoder: bool = field(default=True, metadata=_h("False = fine-tune the decoder only (needs init_from): the latent space and scaling_factor stay fixed, so a UNet trained on them stays valid, as with SD's ft-MSE/ft-EMA decoders."))
     grow_layers: int = field(default=0, metadata=_h("Add this many ResNet blocks per resolution to the init_from VAE, each starting as an identity (its last conv zeroed, as in Net2Net's deepening, Chen et al. 2016), so the grown VAE first computes exactly the old one. AutoencoderKL shares layers_per_block between encoder and decoder: with train_encoder False the encoder's new blocks stay identities and only the decoder gains capacity."))
+    grow_latent: int = field(default=0, metadata=_h("Widen the init_from VAE's latent to this many channels (0 = keep): the old channels stay, the decoder first ignores the new ones, so training starts from exactly the old reconstructions (models.widen_latent). A UNet then needs as many in/out channels."))
     adv_weight: float = field(default=0.0, metadata=_h("Weight of a patch-GAN hinge loss on reconstructions, scaled adaptively as in VQGAN (Esser et al. 2021, eq. 7); 0 = off. The discriminator is trained here from scratch and never shipped."))
     adv_start: int = field(default=0, metadata=_h("Step at which the adversarial term (and the discriminator's training) starts."))
     disc_channels: int = field(default=32, metadata=_h("Width of the first patch-discriminator layer (doubles twice)."))
@@ -148,6 +149,8 @@ class VaeConfig(StageConfig):
             raise ValueError("train_encoder=False fine-tunes an existing decoder: set init_from to its VAE folder")
         if self.grow_layers < 0 or (self.grow_layers and not self.init_from):
             raise ValueError("grow_layers adds blocks to an existing VAE: set init_from (and grow_layers >= 0)")
+        if self.grow_latent and (not self.init_from or not self.train_encoder):
+            raise ValueError("grow_latent widens an existing VAE's latent: set init_from, and train the encoder (the new channels need one)")
         if self.adv_start < 0 or self.disc_channels < 8:
             raise ValueError("adv_start must be >= 0 and disc_channels >= 8")
 

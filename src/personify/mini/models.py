@@ -6,6 +6,7 @@ folders load with ``from_pretrained`` and no personify code.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -93,7 +94,52 @@ def load_or_build_vae(cfg: VaeConfig):
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: no AutoencoderKL folder (config.json) to start from; fix init_from")
     vae = AutoencoderKL.from_pretrained(str(folder)).float()
-    return grow_vae(vae, cfg.grow_layers) if cfg.grow_layers else vae
+    vae = grow_vae(vae, cfg.grow_layers) if cfg.grow_layers else vae
+    return widen_latent(vae, cfg.grow_latent, cfg.seed) if cfg.grow_latent else vae
+
+
+def widen_latent(vae, channels: int, seed: int = 0):
+    """The same AutoencoderKL with a `channels`-channel latent whose first C channels are the old latent and
+    whose decoder starts by ignoring the new ones, so it first reconstructs exactly as before.
+
+    AutoencoderKL's encoder ends in conv_out -> quant_conv giving (B, 2C, h, w) = [means | log-variances];
+    post_quant_conv and decoder.conv_in read (B, C, h, w). New mean rows of conv_out keep a fresh random
+    init (so the new channels carry some image features from the start and the decoder gets a gradient
+    to use them), new log-variance rows start at log(0.05^2) (about the old channels' posterior std, not
+    the prior's 1, which would drown that signal), quant_conv / post_quant_conv pass the new channels
+    through, and decoder.conv_in's weights on them are zero. Training then decides what they hold."""
+    from diffusers import AutoencoderKL
+
+    c = vae.config.latent_channels
+    if channels <= c:
+        raise ValueError(f"grow_latent={channels} must exceed the VAE's latent_channels={c}")
+    torch.manual_seed(seed)
+    wide = AutoencoderKL.from_config({**vae.config, "latent_channels": channels})
+    old = vae.state_dict()
+    rows = [*range(c), *range(channels, channels + c)]  # old [mean | logvar] rows inside the new layout
+    with torch.no_grad():
+        new = wide.state_dict()
+        for k, v in old.items():
+            if new[k].shape == v.shape:
+                new[k].copy_(v)
+        w, b = new["encoder.conv_out.weight"], new["encoder.conv_out.bias"]
+        w[channels + c:].zero_()
+        b[channels + c:].fill_(2 * math.log(0.05))
+        w[rows], b[rows] = old["encoder.conv_out.weight"], old["encoder.conv_out.bias"]
+        for name, idx in (("quant_conv", rows), ("post_quant_conv", list(range(c)))):
+            w, b = new[f"{name}.weight"], new[f"{name}.bias"]  # 1x1 convs: (out, in, 1, 1)
+            w.zero_()
+            b.zero_()
+            w[:, :, 0, 0] += torch.eye(w.shape[0])  # new channels pass through
+            w[idx, :, 0, 0] = 0
+            w[torch.tensor(idx)[:, None], torch.tensor(idx)[None, :]] = old[f"{name}.weight"]
+            b[idx] = old[f"{name}.bias"]
+        w = new["decoder.conv_in.weight"]
+        w.zero_()
+        w[:, :c] = old["decoder.conv_in.weight"]
+        new["decoder.conv_in.bias"].copy_(old["decoder.conv_in.bias"])
+    wide.load_state_dict(new)
+    return wide
 
 
 def grow_vae(vae, extra: int):
