@@ -23,7 +23,7 @@ scaling_factors agree and refuses otherwise.
 ``--autoencoder NAME=FOLDER`` adds whole autoencoders with a latent space of their own (a retrained
 encoder): no UNet was trained on it yet, so they get the round-trip columns only, plus ``latent_drift``,
 the RMS difference of their scaled latents from the generator VAE's, relative to the latter's RMS (how far
-a UNet continued from the generator's must move). ``--downsample F`` adds reference rows: the real images
+a UNet continued from the generator's must move; for a widened latent, of the channels it kept). ``--downsample F`` adds reference rows: the real images
 area-downsampled by F and upsampled back (F = 8 keeps 8x8x3 numbers, a 8x8x4 latent keeps 8x8x4);
 ``--blur SIGMA`` rows Gaussian-blur them (how much of a round trip's loss is the classifier's fragility).
 """
@@ -162,7 +162,8 @@ def main() -> None:
     for name, vae in autoencoders.items():
         rows[name] = roundtrip_row(lambda x, vae=vae: vae_roundtrip(vae, x))
         z = scaled_latents(vae)
-        if z.shape == z_gen.shape:
+        if z.shape[2:] == z_gen.shape[2:] and z.shape[1] >= z_gen.shape[1]:
+            z = z[:, : z_gen.shape[1]]  # a widened latent (--grow_latent): drift of the channels it kept
             rows[name]["latent_drift"] = float((z - z_gen).pow(2).mean().sqrt() / z_gen.pow(2).mean().sqrt())
     for f in args.downsample:
         rows[f"area/{f}"] = roundtrip_row(lambda x, f=f: torch.nn.functional.interpolate(

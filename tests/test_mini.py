@@ -283,6 +283,40 @@ def test_widened_latent_starts_as_the_old_vae_then_uses_its_new_channels(trained
         VaeConfig(init_from=str(base), grow_latent=8, train_encoder=False)
 
 
+def test_unet_carried_over_to_a_widened_latent(trained, world, tmp_path):
+    """A UNet continued (init_from) on a VAE with more latent channels is widened: on the old channels it first
+    predicts exactly what the old UNet did, whatever the new channels hold, and predicts zero noise for them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from personify.mini.models import widen_latent, widen_unet
+    from personify.mini.train import main
+
+    root, _ = trained
+    old = UNet2DConditionModel.from_pretrained(str(root / "unet" / "model")).eval()
+    c = old.config.in_channels
+    wide = widen_unet(old, c + 4).eval()
+    g = torch.Generator().manual_seed(0)
+    z, enc = torch.randn(2, c + 4, 8, 8, generator=g), torch.randn(2, 77, old.config.cross_attention_dim, generator=g)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        ref = old(z[:, :c], t, encoder_hidden_states=enc).sample
+        out = wide(z, t, encoder_hidden_states=enc).sample
+        assert torch.allclose(out[:, :c], ref, atol=1e-5) and out[:, c:].abs().max() == 0
+        z[:, c:] = 5.0
+        assert torch.allclose(wide(z, t, encoder_hidden_states=enc).sample[:, :c], ref, atol=1e-5)
+
+    wide_vae = tmp_path / "wide_vae"
+    widen_latent(AutoencoderKL.from_pretrained(str(root / "vae" / "model")), c + 4).save_pretrained(str(wide_vae))
+    kw = dict(run_root=str(tmp_path / "run"), world_dir=str(world), max_steps=2, **COMMON, **TINY_UNET,
+              clip_dir=str(root / "clip" / "model"), vae_dir=str(wide_vae))
+    main(UnetConfig(**kw, init_from=str(root / "unet" / "model")))
+    trained_unet = UNet2DConditionModel.from_pretrained(str(tmp_path / "run" / "unet" / "model"))
+    assert trained_unet.config.in_channels == trained_unet.config.out_channels == c + 4
+    with pytest.raises(ValueError, match="cannot continue"):
+        main(UnetConfig(**{**kw, "run_root": str(tmp_path / "run2"), "vae_dir": str(root / "vae" / "model")},
+                        init_from=str(tmp_path / "run" / "unet" / "model")))
+
+
 def test_export_roundtrip(trained, tmp_path):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
     from safetensors import safe_open

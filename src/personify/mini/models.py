@@ -174,24 +174,25 @@ def build_patch_discriminator(channels: int = 32) -> nn.Module:
                          nn.Conv2d(4 * c, 1, 4, 1, 1))
 
 
-def build_unet(cfg: UnetConfig, cross_attention_dim: int):
+def build_unet(cfg: UnetConfig, cross_attention_dim: int, latent_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.block_out_channels)
     down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
     return UNet2DConditionModel(
-        sample_size=cfg.latent_size, in_channels=4, out_channels=4,
+        sample_size=cfg.latent_size, in_channels=latent_channels, out_channels=latent_channels,
         down_block_types=down, up_block_types=up, block_out_channels=cfg.block_out_channels,
         layers_per_block=cfg.layers_per_block, cross_attention_dim=cross_attention_dim,
         attention_head_dim=cfg.attention_heads, norm_num_groups=cfg.norm_num_groups,
     )
 
 
-def load_or_build_unet(cfg: UnetConfig, cross_attention_dim: int):
-    """The UNet a stage trains: ``cfg.init_from`` when set (continuing a trained UNet), else a fresh one."""
+def load_or_build_unet(cfg: UnetConfig, cross_attention_dim: int, latent_channels: int = 4):
+    """The UNet a stage trains: ``cfg.init_from`` when set (continuing a trained UNet, widened when the VAE's
+    latent has more channels than it was trained on), else a fresh one."""
     if not cfg.init_from:
-        return build_unet(cfg, cross_attention_dim)
+        return build_unet(cfg, cross_attention_dim, latent_channels)
     from diffusers import UNet2DConditionModel
 
     folder = Path(cfg.init_from).expanduser()
@@ -201,7 +202,34 @@ def load_or_build_unet(cfg: UnetConfig, cross_attention_dim: int):
     if dim != cross_attention_dim:
         raise ValueError(f"{folder}: cross_attention_dim {dim} does not match the text encoder's width "
                          f"{cross_attention_dim}; fix init_from or clip_dir")
-    return UNet2DConditionModel.from_pretrained(str(folder)).float()
+    unet = UNet2DConditionModel.from_pretrained(str(folder)).float()
+    c = unet.config.in_channels
+    if latent_channels < c:
+        raise ValueError(f"{folder}: a UNet on {c} latent channels cannot continue on a {latent_channels}-channel VAE; fix init_from or vae_dir")
+    return widen_unet(unet, latent_channels) if latent_channels > c else unet
+
+
+def widen_unet(unet, channels: int):
+    """The UNet for a VAE widened by `widen_latent`: conv_in ignores the new latent channels (zero weights) and
+    conv_out predicts zero noise for them (zero rows), so on the old channels it first computes exactly the old
+    UNet; training teaches it the new ones."""
+    from diffusers import UNet2DConditionModel
+
+    c = unet.config.in_channels
+    wide = UNet2DConditionModel.from_config({**unet.config, "in_channels": channels, "out_channels": channels})
+    old = unet.state_dict()
+    with torch.no_grad():
+        new = wide.state_dict()
+        for k, v in old.items():
+            if new[k].shape == v.shape:
+                new[k].copy_(v)
+        new["conv_in.weight"].zero_()
+        new["conv_in.weight"][:, :c] = old["conv_in.weight"]
+        for k in ("conv_out.weight", "conv_out.bias"):
+            new[k].zero_()
+            new[k][:c] = old[k]
+    wide.load_state_dict(new)
+    return wide
 
 
 def build_train_scheduler(cfg: UnetConfig):

@@ -239,7 +239,7 @@ class UnetStage:
         self.vae = AutoencoderKL.from_pretrained(cfg.vae_path).eval().requires_grad_(False)
         self.scaling = float(self.vae.config.scaling_factor)
         torch.manual_seed(cfg.seed)
-        self.unet = M.load_or_build_unet(cfg, self.text_encoder.config.hidden_size)
+        self.unet = M.load_or_build_unet(cfg, self.text_encoder.config.hidden_size, self.vae.config.latent_channels)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
         self.sched = M.build_train_scheduler(cfg)
         self.alphas_cumprod = self.sched.alphas_cumprod.float()
