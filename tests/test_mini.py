@@ -271,6 +271,7 @@ def test_widened_latent_starts_as_the_old_vae_then_uses_its_new_channels(trained
     main(cfg)
     trained_vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae" / "model")).eval()
     assert trained_vae.config.latent_channels == c + 4
+    assert trained_vae.config.scaling_factor == old.config.scaling_factor  # the old channels keep their scale
     with torch.no_grad():
         z = trained_vae.encode(x).latent_dist.mean
         moved = z.clone()

@@ -95,12 +95,20 @@ def load_or_build_vae(cfg: VaeConfig):
         raise FileNotFoundError(f"{folder}: no AutoencoderKL folder (config.json) to start from; fix init_from")
     vae = AutoencoderKL.from_pretrained(str(folder)).float()
     vae = grow_vae(vae, cfg.grow_layers) if cfg.grow_layers else vae
-    return widen_latent(vae, cfg.grow_latent, cfg.seed) if cfg.grow_latent else vae
+    return widen_latent(vae, cfg.grow_latent) if cfg.grow_latent else vae
 
 
-def widen_latent(vae, channels: int, seed: int = 0):
+def _copy_matching(old: dict, new: dict) -> None:
+    """Copy every tensor of state dict `old` into `new` where the shapes agree (in place, under no_grad)."""
+    for k, v in old.items():
+        if new[k].shape == v.shape:
+            new[k].copy_(v)
+
+
+def widen_latent(vae, channels: int):
     """The same AutoencoderKL with a `channels`-channel latent whose first C channels are the old latent and
-    whose decoder starts by ignoring the new ones, so it first reconstructs exactly as before.
+    whose decoder starts by ignoring the new ones, so it first reconstructs exactly as before. The new
+    channels' random init comes from the caller's torch seed (the VAE stage seeds before building).
 
     AutoencoderKL's encoder ends in conv_out -> quant_conv giving (B, 2C, h, w) = [means | log-variances];
     post_quant_conv and decoder.conv_in read (B, C, h, w). New mean rows of conv_out keep a fresh random
@@ -113,15 +121,12 @@ def widen_latent(vae, channels: int, seed: int = 0):
     c = vae.config.latent_channels
     if channels <= c:
         raise ValueError(f"grow_latent={channels} must exceed the VAE's latent_channels={c}")
-    torch.manual_seed(seed)
     wide = AutoencoderKL.from_config({**vae.config, "latent_channels": channels})
     old = vae.state_dict()
     rows = [*range(c), *range(channels, channels + c)]  # old [mean | logvar] rows inside the new layout
     with torch.no_grad():
         new = wide.state_dict()
-        for k, v in old.items():
-            if new[k].shape == v.shape:
-                new[k].copy_(v)
+        _copy_matching(old, new)
         w, b = new["encoder.conv_out.weight"], new["encoder.conv_out.bias"]
         w[channels + c:].zero_()
         b[channels + c:].fill_(2 * math.log(0.05))
@@ -220,9 +225,7 @@ def widen_unet(unet, channels: int):
     old = unet.state_dict()
     with torch.no_grad():
         new = wide.state_dict()
-        for k, v in old.items():
-            if new[k].shape == v.shape:
-                new[k].copy_(v)
+        _copy_matching(old, new)
         new["conv_in.weight"].zero_()
         new["conv_in.weight"][:, :c] = old["conv_in.weight"]
         for k in ("conv_out.weight", "conv_out.bias"):

@@ -203,7 +203,9 @@ class VaeStage:
 
     def save_model(self, out: Path) -> dict:
         std = self.measure_latent_std()
-        if self.cfg.train_encoder:  # a frozen encoder keeps the scaling_factor its UNet was trained with
+        # A frozen encoder keeps the scaling_factor its UNet was trained with; so does a widened latent, whose
+        # old channels a carried-over UNet reads at their old scale (one factor over all channels would move them).
+        if self.cfg.train_encoder and not self.cfg.grow_latent:
             self.vae.register_to_config(scaling_factor=1.0 / std)
         self.vae.save_pretrained(out)
         info = {"latent_std": std, "scaling_factor": self.vae.config.scaling_factor}
