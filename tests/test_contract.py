@@ -94,3 +94,29 @@ def test_resume_would_detect_a_restart(subject_dir, tmp_path):
     a = read_concept(_train("dreambooth", subject_dir, tmp_path / "a", 2))[0]
     b = read_concept(_train("dreambooth", subject_dir, tmp_path / "b", 2, seed=1))[0]
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """A tiny model saved as a diffusers folder with a 16-channel latent (the mini model's widened
+    candidate): nothing in the methods, loop or sampler may assume SD's 4 latent channels."""
+    from personify.models.tiny import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("wide") / "model"
+    build_tiny_pipeline(seed=3, latent_channels=16).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("method", available())
+def test_every_method_on_a_wider_latent(method, subject_dir, tmp_path, wide_model):
+    common = {**COMMON, "model": wide_model}
+    art = personify.train(method, images=subject_dir, out=str(tmp_path / "run"), steps=2, **common, **OPTIONS[method])
+    tensors, meta = read_concept(art)
+    assert meta["metrics"]["steps"] == 2
+    pipe = load_pipeline(wide_model)
+    assert pipe.unet.config.in_channels == pipe.vae.config.latent_channels == 16
+    personify.apply_concepts(pipe, [art])
+    prompt = f"{meta.get('instance_prompt') or meta['tokens'][0]} on the beach"
+    with torch.no_grad():
+        img = generate_images(pipe, [prompt], [7], steps=2)[0]
+    assert img.size == (32, 32) and np.asarray(img).std() > 0

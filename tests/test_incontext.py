@@ -425,3 +425,23 @@ def test_init_warm_starts_from_an_apprentice_of_another_base_model(tmp_path, pip
     cfg = ApprenticeTrainConfig(model="tiny:1", out=str(tmp_path / "c"), steps=1, batch_size=2, n_demos=2, device="cpu", init=str(tmp_path / "nope.safetensors"))
     with pytest.raises(PersonifyError, match="--init"):
         train_main(cfg, clusters=clusters)
+
+
+def test_apprentice_on_a_wider_latent(tmp_path):
+    """Train (1 step) and sample with demos on a model whose latent has 16 channels, not SD's 4."""
+    from personify.incontext.generate import main as demos_main
+    from personify.models.tiny import build_tiny_pipeline
+
+    model = tmp_path / "wide"
+    build_tiny_pipeline(seed=3, latent_channels=16).save_pretrained(model)
+    clusters = SpriteClusters(n_demos=2, seed=0, sprites=_fake_sprites())
+    cfg = ApprenticeTrainConfig(model=str(model), out=str(tmp_path / "app"), steps=1, batch_size=2, n_demos=2, lr=1e-2, device="cpu")
+    path = train_main(cfg, clusters=clusters)
+    rng = np.random.default_rng(0)
+    d = tmp_path / "demos"
+    d.mkdir()
+    for i in range(2):
+        _solid(rng, (200, 40, 40), 48).save(d / f"{i}.png")
+    out = demos_main(DemosConfig(prompt="a [class] on the beach", demos=str(d), apprentice=str(path), model=str(model),
+                                 class_word="dog", n=1, steps=2, out=str(tmp_path / "out")))
+    assert len(out) == 1 and out[0].is_file()

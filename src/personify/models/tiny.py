@@ -21,12 +21,14 @@ def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return tok
 
 
-def build_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", max_length: int = 16) -> StableDiffusionPipeline:
+def build_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", max_length: int = 16,
+                        latent_channels: int = 4) -> StableDiffusionPipeline:
+    """`latent_channels` other than SD's 4 stands in for a widened latent (the mini model's 8x8x16 candidate)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=4,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         block_out_channels=(16, 32),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -42,7 +44,7 @@ def build_tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", max_len
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 8, 16, 16),
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=4,
         layers_per_block=1,
         sample_size=32,
