@@ -167,6 +167,15 @@ def test_style_ceiling_set_is_balanced_like_the_generated_set():
 
 
 
+def test_per_label_accuracy_is_per_true_label():
+    from personify.evaluation.mini_quality import per_label_accuracy
+
+    truth = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0, 1, 0, 0])
+    acc = per_label_accuracy(pred, truth, ["photo", "sketch", "pixel art", "watercolor"])
+    assert acc == {"photo": 0.5, "sketch": 0.75, "pixel art": 0.0}  # no watercolor samples: no entry
+
+
 class _StyleReader(torch.nn.Module):
     """A fake CLIP that reads the style from the red channel (0, 85, 170, 255 = photo, sketch, pixel
     art, watercolor) and embeds prompt k as the k-th unit vector."""

@@ -122,6 +122,11 @@ def real_background_accuracy(ev: Evaluator, meta: dict, test: dict, n: int = 300
     return float((choose(ev, _u8(test["images"][idx]), templates, classes) == truth).float().mean())
 
 
+def per_label_accuracy(pred: torch.Tensor, truth: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """{name: accuracy among the samples whose true label is that name} (which style fails, not only how many)."""
+    return {n: float((pred[truth == i] == i).float().mean()) for i, n in enumerate(names) if (truth == i).any()}
+
+
 def real_style_confusion(ev: Evaluator, meta: dict, test: dict, per_style: int = 150, named: bool = True) -> np.ndarray:
     """(S, S) confusion of the zero-shot style choice on real renders, `per_style` of each (rows = true,
     photo first). Balanced like the generated set: ~85% of real renders are photos, so an unbalanced
@@ -207,8 +212,10 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
     for key, named in (("", True), ("_something", False)):
         pred = choose(ev, _u8(imgs_st), st_templates, [c for _ in styles for c in cls_pick] if named else None)
         res[f"style_obeyed{key}"] = float((pred == truth).float().mean())
+        res[f"style_obeyed_per_style{key}"] = per_label_accuracy(pred, truth, styles)
         cm = real_style_confusion(ev, meta, test, named=named)
         res[f"style_obeyed_real_ceiling{key}"] = float(cm.trace() / cm.sum())
+        res[f"style_obeyed_real_per_style{key}"] = {s: float(cm[i, i] / max(cm[i].sum(), 1)) for i, s in enumerate(styles)}
 
     # Fréchet distance on test captions vs the renders they describe.
     pick = rng.choice(len(test["captions"]), size=min(fd_n, len(test["captions"])), replace=False)
