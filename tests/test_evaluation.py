@@ -208,6 +208,10 @@ def test_real_style_confusion_rows_are_true_styles():
     for named in (True, False):
         cm = real_style_confusion(Evaluator(reader, None), meta, test, per_style=3, named=named)
         assert cm.tolist() == [[2, 0, 0, 1], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]
+    # A transform (the VAE round trip in mini_quality) runs before the choice: here one that paints everything
+    # watercolor-red, so every row lands in the last column.
+    cm = real_style_confusion(Evaluator(reader, None), meta, test, per_style=3, transform=lambda x: torch.ones_like(x))
+    assert cm.tolist() == [[0, 0, 0, 3]] * 4
     # named: each image is asked about its own class; otherwise the old placeholder word
     assert {"a photo of a dog", "a pencil sketch of an owl", "a watercolor painting of a dog"} <= set(reader.prompts)
     assert "a photo of something" in reader.prompts and not any("something" in p for p in reader.prompts[:8])

@@ -16,6 +16,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import argparse
 import json
 import time
@@ -127,15 +129,19 @@ def per_label_accuracy(pred: torch.Tensor, truth: torch.Tensor, names: list[str]
     return {n: float((pred[truth == i] == i).float().mean()) for i, n in enumerate(names) if (truth == i).any()}
 
 
-def real_style_confusion(ev: Evaluator, meta: dict, test: dict, per_style: int = 150, named: bool = True) -> np.ndarray:
+def real_style_confusion(ev: Evaluator, meta: dict, test: dict, per_style: int = 150, named: bool = True,
+                         transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """(S, S) confusion of the zero-shot style choice on real renders, `per_style` of each (rows = true,
     photo first). Balanced like the generated set: ~85% of real renders are photos, so an unbalanced
-    set mostly measures how often the evaluator calls a photo a photo. `named`: see `choose`."""
+    set mostly measures how often the evaluator calls a photo a photo. `named`: see `choose`.
+    `transform`: applied to the (N, 3, H, W) [0, 1] renders first, e.g. the VAE round trip (the style ceiling
+    of a generator that decodes through that VAE)."""
     styles, templates = style_prompts(meta)
     sid = test["style_id"] + 1  # 0 = photo
     idx = balanced_indices(sid, len(styles), per_style)
     classes = [meta["classes"][c] for c in test["class_id"][idx]] if named else None
-    pred = choose(ev, _u8(test["images"][idx]), templates, classes).numpy()
+    x = _u8(test["images"][idx])
+    pred = choose(ev, transform(x) if transform else x, templates, classes).numpy()
     cm = np.zeros((len(styles), len(styles)), int)
     np.add.at(cm, (sid[idx], pred), 1)
     return cm
@@ -216,6 +222,10 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
         cm = real_style_confusion(ev, meta, test, named=named)
         res[f"style_obeyed_real_ceiling{key}"] = float(cm.trace() / cm.sum())
         res[f"style_obeyed_real_per_style{key}"] = {s: float(cm[i, i] / max(cm[i].sum(), 1)) for i, s in enumerate(styles)}
+    # The same real renders after the VAE round trip: which styles the decoder can still show.
+    cm = real_style_confusion(ev, meta, test, transform=lambda x: vae_roundtrip(pipe.vae, x))
+    res["style_obeyed_vae_ceiling"] = float(cm.trace() / cm.sum())
+    res["style_obeyed_vae_per_style"] = {s: float(cm[i, i] / max(cm[i].sum(), 1)) for i, s in enumerate(styles)}
 
     # Fréchet distance on test captions vs the renders they describe.
     pick = rng.choice(len(test["captions"]), size=min(fd_n, len(test["captions"])), replace=False)
