@@ -16,12 +16,11 @@
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
