@@ -168,12 +168,13 @@ def test_style_ceiling_set_is_balanced_like_the_generated_set():
 
 
 def test_per_label_accuracy_is_per_true_label():
-    from personify.evaluation.mini_quality import per_label_accuracy
+    from personify.evaluation.mini_quality import per_label_accuracy, style_words_mean
 
     truth = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2])
     pred = torch.tensor([0, 1, 1, 1, 0, 1, 0, 0])
     acc = per_label_accuracy(pred, truth, ["photo", "sketch", "pixel art", "watercolor"])
     assert acc == {"photo": 0.5, "sketch": 0.75, "pixel art": 0.0}  # no watercolor samples: no entry
+    assert style_words_mean(acc) == 0.375 and style_words_mean({"photo": 1.0, "sketch": 0.2}) == 0.2
 
 
 class _StyleReader(torch.nn.Module):
