@@ -26,6 +26,8 @@ the RMS difference of their scaled latents from the generator VAE's, relative to
 a UNet continued from the generator's must move; for a widened latent, of the channels it kept). ``--downsample F`` adds reference rows: the real images
 area-downsampled by F and upsampled back (F = 8 keeps 8x8x3 numbers, a 8x8x4 latent keeps 8x8x4);
 ``--blur SIGMA`` rows Gaussian-blur them (how much of a round trip's loss is the classifier's fragility).
+Every round-trip row also has the style ceiling after it (``style rt``: mini_quality's 4-way zero-shot style
+choice on 150 real renders per style; ``words rt``: the three styles a prompt names by a word), per style in the JSON.
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def main() -> None:
     from personify.data.images import load_rgb
     from personify.evaluation.dreambench import Evaluator, load_mini, pixels
     from personify.evaluation.encoders import load_clip, load_dino
-    from personify.evaluation.mini_quality import _u8, classify, features, frechet, load_classifier, vae_roundtrip
+    from personify.evaluation.mini_quality import (_u8, classify, features, frechet, load_classifier, real_style_confusion,
+                                                   style_prompts, style_words_mean, vae_roundtrip)
     from personify.evaluation.run import default_evaluator_path
     from personify.generate import contact_sheet, generate_latents, latents_to_images
     from personify.world import load_meta, load_split
@@ -133,7 +136,14 @@ def main() -> None:
             "subject_dino_rt": s_dino,
             "subject_clip_i_rt": s_clip,
             **{f"{c}_vae_ceiling_top1": float((classify(m, rec) == real_y).float().mean()) for c, m in extra.items()},
+            **style_columns(fn),
         }
+
+    def style_columns(fn) -> dict:
+        """Style ceiling after `fn` (mini_quality's zero-shot style choice on 150 real renders per style)."""
+        cm = real_style_confusion(ev, meta, test, transform=fn)
+        per = {s: float(cm[i, i] / cm[i].sum()) for i, s in enumerate(style_prompts(meta)[0])}
+        return {"style_rt": float(cm.trace() / cm.sum()), "style_words_rt": style_words_mean(per), "style_rt_per_style": per}
 
     @torch.no_grad()
     def scaled_latents(vae) -> torch.Tensor:  # (N, C, h, w): what the UNet sees
@@ -171,13 +181,13 @@ def main() -> None:
             align_corners=False).clamp(0, 1))
     for sigma in args.blur:
         rows[f"blur/{sigma:g}"] = roundtrip_row(lambda x, sigma=sigma: gaussian_blur(x, sigma))
-    rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean()),
+    rows["_real"] = {"vae_ceiling_top1": float((classify(clf, real) == real_y).float().mean()), **style_columns(None),
                      **{f"{c}_vae_ceiling_top1": float((classify(m, real) == real_y).float().mean()) for c, m in extra.items()}}
 
     names = [n for n in rows if n != "_real"]
     ref = next(iter(decoders), None)
     print(f"{'row':<14}{'gen top-1':>10}{'VAE ceiling':>13}{'PSNR dB':>9}{'Fréchet':>9}{'subj DINO rt':>13}{'subj CLIP-I rt':>15}"
-          f"{'drift':>7}" + (f"   ratios vs {ref}" if ref else ""))
+          f"{'drift':>7}{'style rt':>10}{'words rt':>10}" + (f"   ratios vs {ref}" if ref else ""))
     for name in names:
         r = rows[name]
         gen = f"{r['gen_top1']:>10.1%}" if "gen_top1" in r else f"{'-':>10}"
@@ -188,8 +198,11 @@ def main() -> None:
             b = rows[ref]
             ratio = f"   top-1 x{r['gen_top1'] / max(b['gen_top1'], 1e-9):.2f}, Fréchet x{r['frechet'] / b['frechet']:.2f}"
         print(f"{name:<14}{gen}{r['vae_ceiling_top1']:>13.1%}{r['psnr_db']:>9.2f}{fd}"
-              f"{r['subject_dino_rt']:>13.3f}{r['subject_clip_i_rt']:>15.3f}{drift}{ratio}")
-    print(f"{'real renders':<14}{'':>10}{rows['_real']['vae_ceiling_top1']:>13.1%}")
+              f"{r['subject_dino_rt']:>13.3f}{r['subject_clip_i_rt']:>15.3f}{drift}{r['style_rt']:>10.1%}{r['style_words_rt']:>10.1%}{ratio}")
+    rr = rows["_real"]
+    print(f"{'real renders':<14}{'':>10}{rr['vae_ceiling_top1']:>13.1%}{'':>9}{'':>9}{'':>13}{'':>15}{'':>7}{rr['style_rt']:>10.1%}{rr['style_words_rt']:>10.1%}")
+    print("style per style (photo, sketch, pixel art, watercolor) after the round trip: " + "; ".join(
+        f"{n} " + " / ".join(f"{v:.0%}" for v in rows[n]["style_rt_per_style"].values()) for n in names + ["_real"]))
     for c in extra:  # the same decoded images, judged by another classifier
         print(f"classifier {c}: " + "; ".join(f"{n} gen {rows[n].get(c + '_gen_top1', float('nan')):.1%}, VAE ceiling {rows[n][c + '_vae_ceiling_top1']:.1%}"
                                               for n in names) + f"; real renders {rows['_real'][c + '_vae_ceiling_top1']:.1%}")
