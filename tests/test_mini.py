@@ -342,6 +342,25 @@ def test_export_roundtrip(trained, tmp_path):
     assert pipe.vae.config.scaling_factor == pytest.approx(vae_sf)
 
 
+
+def test_export_cli_takes_stages_from_other_folders(trained, tmp_path):
+    """`--unet_dir` (likewise --clip_dir / --vae_dir): a UNet continued in another run root is exported."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from personify.mini.export import cli
+
+    root, _ = trained
+    other = UNet2DConditionModel.from_pretrained(root / "unet" / "model")
+    with torch.no_grad():
+        other.conv_out.bias.fill_(0.25)
+    other.save_pretrained(tmp_path / "other_unet")
+    cli(["--run_root", str(root), "--out", str(tmp_path / "a"), "--fp32"])
+    cli(["--run_root", str(root), "--out", str(tmp_path / "b"), "--fp32", "--unet_dir", str(tmp_path / "other_unet")])
+    f = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "a" / f)["conv_out.bias"], load_file(tmp_path / "b" / f)["conv_out.bias"]
+    assert (b == 0.25).all() and not (a == 0.25).all()
+
 def test_signal_stops_the_whole_evaluators_stage(world, tmp_path, monkeypatch):
     """SIGTERM during the first evaluator checkpoints it and does not start the next one
     (session 2 found the v0 code moving on to the next evaluator after a kill)."""

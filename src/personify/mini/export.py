@@ -131,9 +131,11 @@ def cli(argv: list[str] | None = None) -> None:
     ap.add_argument("--evaluators_out", default="", help="Also export the evaluators to this folder.")
     ap.add_argument("--fp32", action="store_true", help="Keep fp32 weights instead of fp16.")
     ap.add_argument("--verify", action="store_true", help="Load with StableDiffusionPipeline and render one image.")
+    for stage in ("clip", "vae", "unet"):  # stages continued in other run roots (e.g. a carried-over UNet)
+        ap.add_argument(f"--{stage}_dir", default=None, help=f"{stage} model folder (default: <run_root>/{stage}/model)")
     a = ap.parse_args(argv)
     dtype = torch.float32 if a.fp32 else torch.float16
-    out = export_pipeline(a.run_root, a.out, dtype)
+    out = export_pipeline(a.run_root, a.out, dtype, clip_dir=a.clip_dir, vae_dir=a.vae_dir, unet_dir=a.unet_dir)
     print(f"pipeline -> {out} ({weights_size_bytes(out) / 1e6:.1f} MB of weights)")
     if a.evaluators_out:
         ev = export_evaluators(a.run_root, a.evaluators_out, dtype)
