@@ -75,8 +75,8 @@ def main() -> None:
     from personify.data.images import load_rgb
     from personify.evaluation.dreambench import Evaluator, load_mini, pixels
     from personify.evaluation.encoders import load_clip, load_dino
-    from personify.evaluation.mini_quality import (_u8, classify, features, frechet, load_classifier, real_style_confusion,
-                                                   style_prompts, style_words_mean, vae_roundtrip)
+    from personify.evaluation.mini_quality import (_u8, classify, confusion_per_style, features, frechet, load_classifier,
+                                                   real_style_confusion, style_prompts, style_words_mean, vae_roundtrip)
     from personify.evaluation.run import default_evaluator_path
     from personify.generate import contact_sheet, generate_latents, latents_to_images
     from personify.world import load_meta, load_split
@@ -142,7 +142,7 @@ def main() -> None:
     def style_columns(fn) -> dict:
         """Style ceiling after `fn` (mini_quality's zero-shot style choice on 150 real renders per style)."""
         cm = real_style_confusion(ev, meta, test, transform=fn)
-        per = {s: float(cm[i, i] / cm[i].sum()) for i, s in enumerate(style_prompts(meta)[0])}
+        per = confusion_per_style(cm, style_prompts(meta)[0])
         return {"style_rt": float(cm.trace() / cm.sum()), "style_words_rt": style_words_mean(per), "style_rt_per_style": per}
 
     @torch.no_grad()

@@ -166,7 +166,6 @@ def test_style_ceiling_set_is_balanced_like_the_generated_set():
     assert np.bincount(labels[balanced_indices(labels, 4, 2)]).tolist() == [2, 2, 2, 2]
 
 
-
 def test_per_label_accuracy_is_per_true_label():
     from personify.evaluation.mini_quality import per_label_accuracy, style_words_mean
 
@@ -197,7 +196,7 @@ def test_real_style_confusion_rows_are_true_styles():
     """The style ceiling's confusion matrix: balanced rows (per_style each), rows = truth, columns = the
     zero-shot choice; a render whose pixels say "watercolor" but whose label says "photo" lands in (0, 3)."""
     from personify.evaluation.dreambench import Evaluator
-    from personify.evaluation.mini_quality import real_style_confusion
+    from personify.evaluation.mini_quality import confusion_per_style, real_style_confusion
 
     style_id = np.array([-1] * 8 + [0, 1, 2] * 3)  # -1 = photo
     images = np.zeros((len(style_id), 4, 4, 3), np.uint8)
@@ -209,6 +208,8 @@ def test_real_style_confusion_rows_are_true_styles():
     for named in (True, False):
         cm = real_style_confusion(Evaluator(reader, None), meta, test, per_style=3, named=named)
         assert cm.tolist() == [[2, 0, 0, 1], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]]
+        assert confusion_per_style(cm, ["photo", "sketch", "pixel art", "watercolor"]) == {
+            "photo": 2 / 3, "sketch": 1.0, "pixel art": 1.0, "watercolor": 1.0}
     # A transform (the VAE round trip in mini_quality) runs before the choice: here one that paints everything
     # watercolor-red, so every row lands in the last column.
     cm = real_style_confusion(Evaluator(reader, None), meta, test, per_style=3, transform=lambda x: torch.ones_like(x))

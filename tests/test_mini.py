@@ -342,7 +342,6 @@ def test_export_roundtrip(trained, tmp_path):
     assert pipe.vae.config.scaling_factor == pytest.approx(vae_sf)
 
 
-
 def test_export_cli_takes_stages_from_other_folders(trained, tmp_path):
     """`--unet_dir` (likewise --clip_dir / --vae_dir): a UNet continued in another run root is exported."""
     from diffusers import UNet2DConditionModel
@@ -360,6 +359,7 @@ def test_export_cli_takes_stages_from_other_folders(trained, tmp_path):
     f = "unet/diffusion_pytorch_model.safetensors"
     a, b = load_file(tmp_path / "a" / f)["conv_out.bias"], load_file(tmp_path / "b" / f)["conv_out.bias"]
     assert (b == 0.25).all() and not (a == 0.25).all()
+
 
 def test_signal_stops_the_whole_evaluators_stage(world, tmp_path, monkeypatch):
     """SIGTERM during the first evaluator checkpoints it and does not start the next one

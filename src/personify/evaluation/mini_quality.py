@@ -129,6 +129,11 @@ def per_label_accuracy(pred: torch.Tensor, truth: torch.Tensor, names: list[str]
     return {n: float((pred[truth == i] == i).float().mean()) for i, n in enumerate(names) if (truth == i).any()}
 
 
+def confusion_per_style(cm: np.ndarray, styles: list[str]) -> dict[str, float]:
+    """{style: its row's recall} of a (S, S) confusion matrix (rows = true styles; empty rows read 0)."""
+    return {st: float(cm[i, i] / max(cm[i].sum(), 1)) for i, st in enumerate(styles)}
+
+
 def style_words_mean(per_style: dict[str, float]) -> float:
     """Mean accuracy over the styles a prompt names by a word (every style but "photo"; equal counts per style)."""
     words = [v for k, v in per_style.items() if k != "photo"]
@@ -227,11 +232,11 @@ def measure(model: str = "mini", per_class: int = 8, per_background: int = 24, f
         res[f"style_obeyed_per_style{key}"] = per_label_accuracy(pred, truth, styles)
         cm = real_style_confusion(ev, meta, test, named=named)
         res[f"style_obeyed_real_ceiling{key}"] = float(cm.trace() / cm.sum())
-        res[f"style_obeyed_real_per_style{key}"] = {s: float(cm[i, i] / max(cm[i].sum(), 1)) for i, s in enumerate(styles)}
+        res[f"style_obeyed_real_per_style{key}"] = confusion_per_style(cm, styles)
     # The same real renders after the VAE round trip: which styles the decoder can still show.
     cm = real_style_confusion(ev, meta, test, transform=lambda x: vae_roundtrip(pipe.vae, x))
     res["style_obeyed_vae_ceiling"] = float(cm.trace() / cm.sum())
-    res["style_obeyed_vae_per_style"] = {s: float(cm[i, i] / max(cm[i].sum(), 1)) for i, s in enumerate(styles)}
+    res["style_obeyed_vae_per_style"] = confusion_per_style(cm, styles)
     # The prompts that carry a style word (photo rows excluded): the evaluator itself calls only about half of the
     # real plain renders "a photo", so the 4-way number mixes the evaluator's photo confusion into the generator's.
     for k in ("style_obeyed_per_style", "style_obeyed_real_per_style", "style_obeyed_vae_per_style"):
