@@ -21,7 +21,7 @@ from .sampling import SAMPLERS, cfg_denoiser, decode, encode_prompts, make_sched
 
 
 def initial_noise(pipe, seed: int, height: int, width: int) -> torch.Tensor:
-    """z_T for one image, (1, 4, h, w): a seed alone reproduces an image, whatever the batch."""
+    """z_T for one image, (1, C, h, w): a seed alone reproduces an image, whatever the batch."""
     f = pipe.vae_scale_factor
     g = torch.Generator().manual_seed(int(seed))
     return torch.randn((1, pipe.unet.config.in_channels, height // f, width // f), generator=g)
@@ -40,7 +40,7 @@ def iter_latents(
     negative_prompt: str = "",
     batch_size: int = 16,
 ) -> Iterator[torch.Tensor]:
-    """Clean latents (B, 4, h, w) batch by batch, one per (prompt, seed), before the VAE decodes
+    """Clean latents (B, C, h, w) batch by batch, one per (prompt, seed), before the VAE decodes
     them. Gradients flow unless the caller disables them (SeedSelect needs them); a consumer that
     drops each batch before the next holds one batch's sampling graph at a time."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -57,17 +57,17 @@ def iter_latents(
             x = torch.cat([initial_noise(pipe, s, height, width) for s in ss]).to(dev, dtype)
         cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, ps)  # (B, L, D)
         model = cfg_denoiser(unet_denoiser(pipe.unet), uncond.to(dtype), guidance)
-        yield sample(model, x, cond.to(dtype), sched, steps)  # (B, 4, h, w)
+        yield sample(model, x, cond.to(dtype), sched, steps)  # (B, C, h, w)
 
 
 def generate_latents(pipe, prompts: list[str], seeds: list[int], *args, **kw) -> torch.Tensor:
-    """All clean latents (N, 4, h, w) at once (arguments as :func:`iter_latents`), so several decoders
+    """All clean latents (N, C, h, w) at once (arguments as :func:`iter_latents`), so several decoders
     can be compared on the very same samples. Keeps every batch's graph unless gradients are off."""
     return torch.cat(list(iter_latents(pipe, prompts, seeds, *args, **kw)))
 
 
 def latents_to_images(vae, z0: torch.Tensor, batch_size: int = 16) -> list[Image.Image]:
-    """Decode clean latents (N, 4, h, w) with ``vae`` into PIL images."""
+    """Decode clean latents (N, C, h, w) with ``vae`` into PIL images."""
     out: list[Image.Image] = []
     for start in range(0, len(z0), batch_size):
         imgs = decode(vae, z0[start : start + batch_size].to(vae.dtype))  # (B, 3, H, W) in [0, 1]

@@ -32,7 +32,7 @@ def cfg_denoiser(model: Denoiser, uncond: torch.Tensor, guidance: float) -> Deno
 
     def guided(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         u = uncond.expand_as(cond) if uncond.shape[0] == 1 else uncond
-        out = model(torch.cat([x, x]), t, torch.cat([u, cond]))  # (2B, 4, h, w)
+        out = model(torch.cat([x, x]), t, torch.cat([u, cond]))  # (2B, C, h, w)
         e_u, e_c = out.chunk(2)
         return e_u + guidance * (e_c - e_u)
 
@@ -58,7 +58,8 @@ def sample(
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     checkpoint_steps: bool = False,
 ) -> torch.Tensor:
-    """Run `steps` denoising steps from unit-variance noise `x` (B, 4, h, w) to clean latents.
+    """Run `steps` denoising steps from unit-variance noise `x` (B, C, h, w) to clean latents
+    (C = the VAE's latent channels: 4 on SD 1.x/2.x, 16 on the mini model since v6).
 
     `callback(i, x_prev, x0_pred)` sees each step's predicted clean latent (SeedSelect applies its
     semantic loss to the last few). `checkpoint_steps` recomputes each step's activations in the
@@ -95,7 +96,7 @@ def _step(sched, pred, t, x, generator):
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents (B, 4, h, w) -> images in [0, 1], (B, 3, 8h, 8w)."""
+    """Latents (B, C, h, w) -> images in [0, 1], (B, 3, 8h, 8w)."""
     img = vae.decode(latents / vae.config.scaling_factor).sample
     return (img / 2 + 0.5).clamp(0, 1)
 

@@ -2,7 +2,7 @@
 
 Architecture (nothing of the base UNet is forked or copied):
 
-* **Demo encoder = the UNet's own down path** (shared weights). Each demo latent (K, 4, h, w) is
+* **Demo encoder = the UNet's own down path** (shared weights). Each demo latent (K, C, h, w) is
   noised to a fixed small level `t_demo` with fixed noise (or kept clean, `t_demo=0`), then run
   through `conv_in`, the time embedding at `t_demo`, and every down block with the demo caption's
   text states as cross-attention context. Forward hooks collect the output of every transformer
@@ -152,11 +152,11 @@ class Apprentice(nn.Module):
         return ab.sqrt() * z + (1 - ab).sqrt() * eps
 
     def encode_demos(self, demo_latents: torch.Tensor, demo_text_states: torch.Tensor) -> DemoContext:
-        """demo_latents (K, 4, h, w) (VAE-scaled), demo_text_states (K, L, D) -> DemoContext.
+        """demo_latents (K, C, h, w) (VAE-scaled), demo_text_states (K, L, D) -> DemoContext.
 
         tokens[l]: (1, K*h_l*w_l, C_l), one per down-block transformer. Differentiable (no no_grad)."""
         if demo_latents.ndim != 4 or demo_text_states.ndim != 3 or demo_latents.shape[0] != demo_text_states.shape[0]:
-            raise PersonifyError(f"demos: need latents (K, 4, h, w) and text states (K, L, D) with the same K, got "
+            raise PersonifyError(f"demos: need latents (K, C, h, w) and text states (K, L, D) with the same K, got "
                                  f"{tuple(demo_latents.shape)} and {tuple(demo_text_states.shape)}")
         unet = self.unet
         k = demo_latents.shape[0]

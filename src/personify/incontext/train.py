@@ -35,9 +35,9 @@ from .model import Apprentice, DemoContext
 
 @dataclass
 class Batch:
-    demo_latents: torch.Tensor  # (B, K, 4, h, w), VAE-scaled
+    demo_latents: torch.Tensor  # (B, K, C, h, w), VAE-scaled
     demo_text: torch.Tensor  # (B, K, L, D)
-    target_latents: torch.Tensor  # (B, 4, h, w), VAE-scaled
+    target_latents: torch.Tensor  # (B, C, h, w), VAE-scaled
     target_text: torch.Tensor  # (B, L, D)
 
 
@@ -51,7 +51,7 @@ def _pixels(images: np.ndarray, size: int) -> torch.Tensor:
 @torch.no_grad()
 def images_to_latents(pipe, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
     """uint8 (N, H, W, 3), or a list of such arrays of different sizes (world renders and expert
-    images), -> VAE-scaled posterior means (N, 4, h, w) at the pipeline's resolution."""
+    images), -> VAE-scaled posterior means (N, C, h, w) at the pipeline's resolution."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     x = torch.cat([_pixels(a, size) for a in (images if isinstance(images, list) else [images])])
     vae = pipe.vae
@@ -81,7 +81,7 @@ class LatentCache:
 
 
 def cluster_latents(pipe, cluster) -> torch.Tensor:
-    """(K + 1, 4, h, w): the K demos then the target, encoded as one VAE batch, so the result does not
+    """(K + 1, C, h, w): the K demos then the target, encoded as one VAE batch, so the result does not
     depend on which other clusters share the training batch (a cached and a fresh encoding agree bitwise)."""
     cache = getattr(pipe, "personify_latent_cache", None)
     make = lambda: images_to_latents(pipe, [cluster.demo_images, cluster.target_image[None]])  # noqa: E731

@@ -148,7 +148,7 @@ class VaeStage:
     def _losses(self, x: torch.Tensor, g: torch.Generator | None):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.train_encoder):
             post = self.vae.encode(x).latent_dist
-            z = post.sample(generator=g) if g is not None else post.mean  # (B, 4, h/8, w/8)
+            z = post.sample(generator=g) if g is not None else post.mean  # (B, C, h/8, w/8)
         rec = self.vae.decode(z).sample  # (B, 3, h, w)
         l1 = (rec - x).abs().mean()
         edge = ((rec.diff(dim=-1) - x.diff(dim=-1)).abs().mean() + (rec.diff(dim=-2) - x.diff(dim=-2)).abs().mean())

@@ -60,8 +60,8 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 class Pool:
     """A set of training images as cached VAE posteriors plus their caption options."""
 
-    mean: torch.Tensor  # (N, 4, h, w), flipped copies appended when flip is on
-    std: torch.Tensor  # (N, 4, h, w)
+    mean: torch.Tensor  # (N, C, h, w), flipped copies appended when flip is on
+    std: torch.Tensor  # (N, C, h, w)
     captions: list[list[str]]  # options per image
     n: int  # images before flipping
 

@@ -19,14 +19,14 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: t
 def diffusion_loss(unet, scheduler, batch: dict[str, Any], cond: torch.Tensor, prior_weight: float = 0.0) -> torch.Tensor:
     """‖ε − ε_θ(z_t, t, c)‖² on instance examples + λ·the same on class (prior) examples.
 
-    batch: latents (B, 4, h, w), noise (B, 4, h, w), timesteps (B,), is_prior (B,) bool,
+    batch: latents (B, C, h, w), noise (B, C, h, w), timesteps (B,), is_prior (B,) bool,
     optional mask (B, 1, h, w) restricting the loss to valid pixels (Custom Diffusion's rescale).
     """
     latents, noise, t = batch["latents"], batch["noise"], batch["timesteps"]
     noisy = scheduler.add_noise(latents, noise, t)  # z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε
     pred = unet(noisy, t, encoder_hidden_states=cond).sample
     target = diffusion_target(scheduler, latents, noise, t)
-    err = F.mse_loss(pred.float(), target.float(), reduction="none")  # (B, 4, h, w)
+    err = F.mse_loss(pred.float(), target.float(), reduction="none")  # (B, C, h, w)
     mask = batch.get("mask")
     if mask is not None:
         per = (err * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * err.shape[1]).clamp_min(1)
