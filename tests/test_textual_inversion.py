@@ -123,9 +123,25 @@ def test_placeholder_in_vocabulary_is_an_error():
         m.setup()
 
 
-def test_multi_token_initializer_is_an_error():
-    m = TextualInversion(load_pipeline("tiny"), TextualInversionConfig(initializer="dog house"))
-    with pytest.raises(PersonifyError, match="2 tokens"):
+def test_multi_word_class_word_starts_from_the_mean_of_its_tokens():
+    """DreamBench class words such as "race car" are several tokens: TI must train on them (it used
+    to refuse), with a whitespace-free default placeholder and the vectors at the tokens' mean."""
+    pipe = load_pipeline("tiny")
+    emb = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    word_ids = pipe.tokenizer("race car", add_special_tokens=False).input_ids
+    assert len(word_ids) == 2
+    m = TextualInversion(pipe, TextualInversionConfig(class_word="race car", num_vectors=2))
+    assert m.config.token == "<my-race-car>"
+    m.setup()
+    new = pipe.text_encoder.get_input_embeddings().weight.detach()[m.ids]  # (2, D)
+    expected = emb[word_ids].mean(0)
+    assert not torch.allclose(expected, emb[word_ids[0]])
+    torch.testing.assert_close(new, expected.expand_as(new))
+
+
+def test_initializer_without_tokens_is_an_error():
+    m = TextualInversion(load_pipeline("tiny"), TextualInversionConfig(initializer=" "))
+    with pytest.raises(PersonifyError, match="no tokens"):
         m.setup()
 
 

@@ -59,15 +59,19 @@ def check_identifier(tokenizer, identifier: str) -> None:
 
 def add_placeholder_tokens(tokenizer, text_encoder, placeholder: str, num_vectors: int, initializer: str) -> list[int]:
     """Add `placeholder` (and `placeholder_1..` for extra vectors) to the vocabulary, initialised
-    from the embedding of `initializer`. Returns the new token ids."""
+    from the embedding of `initializer`. Returns the new token ids.
+
+    A multi-token initializer ("race car", "stuffed animal": DreamBench has such class words) starts
+    every vector from the mean of its tokens' embeddings, so that TI and Custom Diffusion work with
+    any class word instead of refusing it."""
     names = [placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)]
     vocab = tokenizer.get_vocab()
     for n in names:
         if n in vocab or n + "</w>" in vocab:
             raise PersonifyError(f"placeholder token {n!r} is already in the vocabulary; choose another, e.g. '<my-{n.strip('<>')}>'")
     init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
-    if len(init_ids) != 1:
-        raise PersonifyError(f"initializer word {initializer!r} is {len(init_ids)} tokens; pick a single-token word like the class noun")
+    if not init_ids:
+        raise PersonifyError(f"initializer word {initializer!r} has no tokens; give a word such as the class noun")
     added = tokenizer.add_tokens(names)
     if added != len(names):
         raise PersonifyError(f"placeholder token {placeholder!r} clashes with an existing token; choose another")
@@ -75,8 +79,9 @@ def add_placeholder_tokens(tokenizer, text_encoder, placeholder: str, num_vector
     text_encoder.resize_token_embeddings(len(tokenizer))
     emb = text_encoder.get_input_embeddings().weight
     with __import__("torch").no_grad():
+        start = emb[init_ids].mean(0)  # (D,): the word's own row when it is one token
         for i in ids:
-            emb[i] = emb[init_ids[0]].clone()
+            emb[i] = start.clone()
     return ids
 
 

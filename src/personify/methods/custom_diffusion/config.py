@@ -22,7 +22,7 @@ class CustomDiffusionConfig(PriorConfig, MethodConfig):
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (paper: 1e-5 x GPUs x batch = 8e-5 on SD)"})
     class_word: list[str] = field(default_factory=list, metadata={"help": "class noun of each concept, e.g. 'dog' (joint training: one per modifier token, e.g. dog teapot)"})
     modifier_token: list[str] = field(default_factory=list, metadata={"help": "new token(s) V* (default '<new1>', '<new2>', ...: one per --class-word)"})
-    initializer: list[str] = field(default_factory=list, metadata={"help": "single-token word(s) each modifier starts from (default: a rare token from personify.tokens.rare_identifier; the paper uses 'ktn')"})
+    initializer: list[str] = field(default_factory=list, metadata={"help": "word(s) each modifier starts from (several tokens: their mean) (default: a rare token from personify.tokens.rare_identifier; the paper uses 'ktn')"})
     instance_template: str = field(default="photo of a {modifier} {class_word}", metadata={"help": "instance prompt (paper: 'photo of a V* dog')"})
     freeze_model: Literal["crossattn_kv", "crossattn"] = field(default="crossattn_kv", metadata={"help": "what trains in the UNet: cross-attention K/V (paper) or all cross-attention projections (q, k, v, out)"})
     augment: bool = field(default=True, metadata={"help": "random rescale 0.4-1.4x with 'very small'/'far away' or 'zoomed in'/'close up' in the prompt, loss masked to the image (paper Sec. 3.1)"})

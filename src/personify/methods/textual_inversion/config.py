@@ -18,7 +18,7 @@ class TextualInversionConfig(MethodConfig):
     learning_rate: float = field(default=5e-3, metadata={"help": "AdamW learning rate of the new embedding rows (paper: 5e-3)"})
     placeholder: str | None = field(default=None, metadata={"help": "the new token, e.g. '<my-dog>' (default: '<my-{initializer}>')"})
     num_vectors: int = field(default=1, metadata={"help": "embedding vectors for the placeholder (more: more capacity, less editability)"})
-    initializer: str | None = field(default=None, metadata={"help": "single-token word the vectors start from (default: --class-word)"})
+    initializer: str | None = field(default=None, metadata={"help": "word(s) the vectors start from; several tokens start from their mean (default: --class-word)"})
     what: Literal["object", "style"] = field(default="object", metadata={"help": "learn an object ('a photo of a {}') or a style ('a painting in the style of {}')"})
 
     def __post_init__(self) -> None:
@@ -35,4 +35,5 @@ class TextualInversionConfig(MethodConfig):
 
     @property
     def token(self) -> str:
-        return self.placeholder or f"<my-{self.init_word}>"
+        # "race car" -> "<my-race-car>": a placeholder must be one whitespace-free token
+        return self.placeholder or f"<my-{'-'.join(self.init_word.split())}>"
