@@ -166,6 +166,8 @@ def main() -> int:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--init", help="warm-start the apprentice from this file (e.g. the one shipped for the previous base model)")
     ap.add_argument("--weights", help="score this apprentice file instead of training")
+    ap.add_argument("--allow-other-base", action="store_true",
+                    help="score a --weights file trained on another base model (same shapes): a transfer measurement, reported as such")
     ap.add_argument("--ship", help="write an fp16 copy here (<= 40 MB) and score that copy")
     ap.add_argument("--subjects", nargs="*", default=[])
     ap.add_argument("--n-per-prompt", type=int, default=4)
@@ -232,7 +234,7 @@ def main() -> int:
 
     from personify.incontext.generate import load_apprentice
 
-    app = load_apprentice(pipe, str(weights))
+    app = load_apprentice(pipe, str(weights), allow_other_base=args.allow_other_base)
     gain = demo_gain(pipe, app, bench, sorted(bench.subjects), args.n_demos)
     print("held-out demo gain:", json.dumps(gain))
 
@@ -324,7 +326,10 @@ def main() -> int:
               f"training loss (ε-MSE at random timesteps, mean of the first / last {train.get('loss_window')} steps) "
               f"{train.get('loss_first', 0):.4f} → {train.get('loss_last', 0):.4f}; the base model already predicts most of a target "
               "from its caption, so the paired held-out demo gain below is the measurement that shows learning.", ""]
-    L += [f"Weights scored: `{weights}` ({weights_mb:.2f} MB, sha256 {sha(weights)}), base model {base.personify_base_hash}. "
+    trained_on = weights_meta(weights).get("base_model_hash")
+    other = f" **The weights were trained on base model {trained_on} and are scored here on another base without re-tuning " \
+            "(`--allow-other-base`): a transfer measurement.**" if trained_on and trained_on != base.personify_base_hash else ""
+    L += [f"Weights scored: `{weights}` ({weights_mb:.2f} MB, sha256 {sha(weights)}), base model {base.personify_base_hash}.{other} "
           f"Evaluators (`assets/evaluators`, sha256 prefixes): " + ", ".join(f"`{k}` {v}" for k, v in ev_files.items() if k.endswith(".safetensors")) + ".", "",
           f"Protocol: {len(names)} held-out subjects (Fluent family, never in the apprentice's training data), 25 prompts × "
           f"{args.n_per_prompt} images, {args.steps} DDIM steps, guidance {args.guidance}. Demonstrations: the subject's first "

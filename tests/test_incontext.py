@@ -226,6 +226,10 @@ def test_train_main_resumes_and_weights_load(tmp_path, pipe):
     save_adapter(app, tmp_path / "a.safetensors", pipe)
     with pytest.raises(PersonifyError, match="base model"):
         load_apprentice(other, tmp_path / "a.safetensors")
+    with pytest.warns(UserWarning, match="loaded anyway"):  # opt-in transfer measurement: loads, says so
+        moved = load_apprentice(other, tmp_path / "a.safetensors", allow_other_base=True)
+    k = next(iter(app.demo_layers))
+    assert torch.equal(moved.demo_layers[k].attn.to_out[0].weight, app.demo_layers[k].attn.to_out[0].weight)
 
 
 def test_full_unet_training_ships_its_unet(tmp_path):

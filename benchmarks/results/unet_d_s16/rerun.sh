@@ -17,7 +17,7 @@ prep)
   cd $C
   $PY benchmarks/mini_dreambench.py --methods dreambooth lora textual_inversion custom_diffusion --subjects dog cat backpack teapot \
     --out $R/results --doc $R/results_A.md
-  $PY benchmarks/incontext_mini.py --weights src/personify/assets/apprentice/apprentice.safetensors --eval-out $R/app/eval \
+  $PY benchmarks/incontext_mini.py --weights src/personify/assets/apprentice/apprentice.safetensors --allow-other-base --eval-out $R/app/eval \
     --baseline $R/results/results.json --baseline-train $R/results/train \
     --subjects backpack cat cat2 colorful_sneaker dog dog2 duck_toy robot_toy teapot vase --n-per-prompt 4 --demo-cfg both cond \
     --doc $R/results_app.md

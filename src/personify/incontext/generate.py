@@ -54,8 +54,11 @@ def demo_consistency(images: list[Image.Image], clip, threshold: float = CONSIST
     return score
 
 
-def load_apprentice(pipe, state, **kw) -> Apprentice:
-    """`state`: an Apprentice already on `pipe.unet`, a dict of adapter tensors, or a `.safetensors` path."""
+def load_apprentice(pipe, state, *, allow_other_base: bool = False, **kw) -> Apprentice:
+    """`state`: an Apprentice already on `pipe.unet`, a dict of adapter tensors, or a `.safetensors` path.
+    `allow_other_base`: load a file trained on another base model with a warning instead of an error. Only for
+    measuring how an adapter transfers to a continued UNet of the same shapes (benchmarks/incontext_mini.py
+    --allow-other-base); shapes must still fit."""
     if isinstance(state, Apprentice):
         if state.unet is not pipe.unet:
             raise PersonifyError("the apprentice was built on a different UNet than this pipeline's")
@@ -77,7 +80,10 @@ def load_apprentice(pipe, state, **kw) -> Apprentice:
         if meta.get("format") != ADAPTER_FORMAT:
             raise PersonifyError(f"{p}: not an apprentice weights file (format {meta.get('format')!r})")
         if not same_base(pipe, meta.get("base_model_hash")):
-            raise PersonifyError(f"{p}: trained on base model {meta['base_model_hash']}, not this one; use the model it was trained on")
+            msg = f"{p}: trained on base model {meta['base_model_hash']}, not this one"
+            if not allow_other_base:
+                raise PersonifyError(msg + "; use the model it was trained on")
+            warnings.warn(msg + "; loaded anyway (allow_other_base), results are a transfer measurement", stacklevel=2)
         if meta.get("unet_file"):  # trained with the whole UNet unfrozen: its UNet comes along
             unet_file = p.with_name(meta["unet_file"])
             if not unet_file.is_file():
